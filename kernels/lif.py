@@ -1,0 +1,171 @@
+"""Multi-step leaky integrate-and-fire neuron along the token axis.
+
+    spikes, v = lif(x, v=None, tau=2.0, threshold=1.0, v_reset=0.0, detach_reset=False, surrogate="atan")
+
+    h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau        charge
+    s_t = H(h_t - threshold)                                  fire (at equality too)
+    v_t = h_t (1 - s_t) + v_reset s_t                         hard reset, or
+    v_t = h_t - s_t threshold                                 soft reset (v_reset=None)
+
+PyTorch path: a custom autograd function. The forward runs the recurrence without autograd and, only
+when a gradient is needed, keeps the pre-reset potential ``h`` (T, B, C); the backward rebuilds spikes
+and surrogate slopes from ``h`` in one vectorised pass, which turns the adjoint into the linear
+recurrence ``g_{t-1} = a_t + b_t g_t`` (one fused multiply-add per step). No per-step autograd graph.
+
+Padding: ``mask`` (B, T), 0 at padded tokens, holds the membrane there and emits no spike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._backend import check_mask, compute_dtype, resolve_backend
+from .surrogate import get_surrogate
+
+
+def _forward_loop(xs, v, decay, threshold, v_reset, mask, h_out=None):
+    """xs: (T, B, C) drive already divided by tau (plus v_reset / tau); returns (h or None, v_final)."""
+    for t in range(xs.shape[0]):
+        if h_out is not None:
+            h = torch.add(xs[t], v, alpha=decay, out=h_out[t])
+        else:
+            h = torch.add(xs[t], v, alpha=decay)
+        if mask is not None:
+            h = torch.where(mask[t], h, v)
+            if h_out is not None:
+                h_out[t] = h
+        fire = h >= threshold
+        if mask is not None:
+            fire &= mask[t]
+        v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
+    return v
+
+
+class _LIFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v0, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha):  # type: ignore[override]
+        dt = compute_dtype(x)
+        decay = 1.0 - 1.0 / tau
+        base = 0.0 if v_reset is None else v_reset
+        xs = x.to(dt).transpose(0, 1) / tau  # (T, B, C)
+        if base != 0.0:
+            xs = xs + base / tau
+        xs = xs.contiguous()
+        mt = None if mask is None else mask.transpose(0, 1)[..., None].contiguous()  # (T, B, 1)
+        v = v0.to(dt)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        H = torch.empty_like(xs) if need_grad else None
+        if H is not None or xs.shape[0] > 0:
+            if H is None:
+                # inference: spikes are needed per step, so keep them instead of h
+                S = torch.empty_like(xs, dtype=x.dtype)
+                for t in range(xs.shape[0]):
+                    h = torch.add(xs[t], v, alpha=decay)
+                    if mt is not None:
+                        h = torch.where(mt[t], h, v)
+                    fire = h >= threshold
+                    if mt is not None:
+                        fire &= mt[t]
+                    S[t] = fire
+                    v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
+                return S.transpose(0, 1), v
+            v = _forward_loop(xs, v, decay, threshold, v_reset, mt, H)
+        fire = H >= threshold
+        if mt is not None:
+            fire &= mt
+        ctx.save_for_backward(H, mt)
+        ctx.cfg = (tau, threshold, v_reset, detach_reset, surrogate, alpha, x.dtype, v0.dtype)
+        return fire.to(x.dtype).transpose(0, 1), v
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_v):  # type: ignore[override]
+        H, mt = ctx.saved_tensors
+        tau, threshold, v_reset, detach_reset, surrogate, alpha, x_dtype, v_dtype = ctx.cfg
+        dt = H.dtype
+        decay = 1.0 - 1.0 / tau
+        fire = H >= threshold
+        if mt is not None:
+            fire &= mt
+        sg = get_surrogate(surrogate)(H - threshold, alpha)
+        if mt is not None:
+            sg = sg * mt  # the output is a constant 0 at padding
+        # dv_t / dh_t
+        if v_reset is None:
+            dvdh = torch.ones_like(H) if detach_reset else 1.0 - threshold * sg
+        else:
+            dvdh = (~fire).to(dt)
+            if not detach_reset:
+                dvdh = dvdh + (v_reset - H) * sg
+        # dh_t / dv_{t-1}: the leak, or 1 at padding (h_t = v_{t-1} there)
+        dhdv = torch.full_like(H, decay) if mt is None else torch.where(mt, decay, 1.0).to(dt).expand_as(H)
+        gs = g_spikes.transpose(0, 1).to(dt) if g_spikes is not None else torch.zeros_like(H)
+        a = gs * sg
+        coef = dvdh * dhdv
+        rhs = a * dhdv
+        gv = torch.zeros_like(H[0]) if g_v is None else g_v.to(dt)
+        G = torch.empty_like(H)  # gradient arriving at v_t from later steps, per t
+        for t in range(H.shape[0] - 1, -1, -1):
+            G[t] = gv
+            gv = torch.addcmul(rhs[t], coef[t], gv)
+        gh = a + G * dvdh
+        gx = gh / tau
+        if mt is not None:
+            gx = gx * mt
+        g_x = gx.transpose(0, 1).to(x_dtype) if ctx.needs_input_grad[0] else None
+        g_v0 = gv.to(v_dtype) if ctx.needs_input_grad[1] else None
+        return g_x, g_v0, None, None, None, None, None, None, None
+
+
+def lif(
+    x: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    tau: float = 2.0,
+    threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    detach_reset: bool = False,
+    surrogate: str = "atan",
+    alpha: float = 2.0,
+    mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a LIF neuron per (batch row, channel) along T.
+
+    Args:
+        x: (B, T, C) input current, any float dtype.
+        v: None (zeros) or (B, C) initial membrane.
+        tau, threshold: membrane time constant (> 1 keeps the leak in (0, 1)) and firing threshold.
+        v_reset: hard-reset value, or None for a soft reset (subtract the threshold).
+        detach_reset: treat the spike as a constant inside the reset term when differentiating.
+        surrogate, alpha: the surrogate of dH/dx used by the backward (see ``surrogate.py``).
+        mask: optional (B, T); 0 marks padding, where the membrane is held and no spike is emitted.
+        backend: None (automatic), ``"torch"`` or ``"triton"``.
+
+    Returns:
+        spikes (B, T, C) in x's dtype with values exactly 0 or 1, and the final membrane (B, C) in
+        fp32 (fp64 for fp64 inputs). Chunking T and passing the membrane on equals one call.
+
+    Example:
+        >>> s, v = lif(torch.full((1, 4, 1), 1.0))   # h = 0.5, 0.75, 0.875, ... never reaches 1
+        >>> s.flatten().tolist()
+        [0.0, 0.0, 0.0, 0.0]
+    """
+    if x.dim() != 3:
+        raise ValueError(f"lif: x must be (B, T, C), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"lif: x must be floating point, got {x.dtype}")
+    B, T, C = x.shape
+    if v is not None and v.shape != (B, C):
+        raise ValueError(f"lif: v must be (B, C) = ({B}, {C}), got {tuple(v.shape)}")
+    if tau <= 0:
+        raise ValueError(f"lif: tau must be positive, got {tau}")
+    get_surrogate(surrogate)
+    mask = check_mask(mask, B, T, "lif")
+    if v is None:
+        v = x.new_zeros(B, C, dtype=compute_dtype(x))
+    if resolve_backend(backend, x, "lif") == "triton":
+        from .lif_triton import lif_triton
+
+        return lif_triton(x, v, tau=tau, threshold=threshold, v_reset=v_reset, detach_reset=detach_reset,
+                          surrogate=surrogate, alpha=alpha, mask=mask)
+    return _LIFFunction.apply(x, v, mask, float(tau), float(threshold), v_reset, detach_reset, surrogate, alpha)

@@ -1,0 +1,1 @@
+"""Spiking-neural-network primitives (neurons, surrogates, codes, losses, learning rules, QAT)."""

@@ -1,0 +1,1 @@
+"""Pretraining, evaluation and distillation entry points (installed as ``spikegpt.train``; needs ``datasets``)."""

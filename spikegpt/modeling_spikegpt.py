@@ -253,7 +253,9 @@ def _validate_input_ids(input_ids, vocab_size: int) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (batch, seq_len), got rank {input_ids.dim()} {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must have shape (batch, seq_len), got rank {input_ids.dim()} shape {tuple(input_ids.shape)}"
+        )
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
     if input_ids.shape[1] == 0:
@@ -372,7 +374,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, l2wrap_coef: floa
     logits: (B, T, V); labels: (B, T). With ``l2wrap_coef > 0`` the L2Wrap term is added to the gradient.
     """
     if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels must have shape (batch, seq_len) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape (batch, seq_len) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+        )
     V = logits.shape[-1]
     lg = logits[:, :-1].reshape(-1, V)
     tg = labels[:, 1:].reshape(-1).to(lg.device)

@@ -97,7 +97,9 @@ class _LIFFunction(torch.autograd.Function):
             if not detach_reset:
                 dvdh = dvdh + (v_reset - H) * sg
         # dh_t / dv_{t-1}: the leak, or 1 at padding (h_t = v_{t-1} there)
-        dhdv = torch.full_like(H, decay) if mt is None else torch.where(mt, decay, 1.0).to(dt).expand_as(H)
+        dhdv = torch.full_like(H, decay)
+        if mt is not None:
+            dhdv = torch.where(mt, dhdv, 1.0)
         gs = g_spikes.transpose(0, 1).to(dt) if g_spikes is not None else torch.zeros_like(H)
         a = gs * sg
         coef = dvdh * dhdv

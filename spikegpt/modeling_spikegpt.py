@@ -197,6 +197,31 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True
 
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """``PreTrainedModel.from_pretrained``, refusing a checkpoint that does not fit.
+
+        With ``strict=True`` (default) a checkpoint with missing keys or shapes that differ from the
+        config raises ``ValueError`` naming the keys, instead of silently re-initialising them.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        user_ignores = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        if strict:
+            problems = []
+            mismatched = [] if user_ignores else sorted(info.get("mismatched_keys", []), key=str)
+            if mismatched:
+                shown = ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" for m in mismatched[:8])
+                problems.append(f"{len(mismatched)} checkpoint tensors have the wrong shape: {shown}")
+            missing = sorted(info.get("missing_keys", []))
+            if missing:
+                problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
+            if problems:
+                raise ValueError("cannot load this checkpoint into " + cls.__name__ + ": " + "; ".join(problems))
+        return (model, info) if want_info else model
+
     def _init_weights(self, module: nn.Module) -> None:
         """Initialisation (RWKV-4's for the time parameters; unit-gain Linear layers for the spiking branches).
 

@@ -8,17 +8,18 @@ Per channel, with ``w = -exp(time_decay)`` and ``u = time_first``:
 
 The state ``(num, den, max)`` carries the two sums scaled by ``e^{-max}``, so nothing overflows.
 
-PyTorch path (CPU, and any device): the sequence is cut into chunks of ``CHUNK`` tokens. Inside a chunk
-every pairwise weight ``e^{(t-1-i) w + k_i}`` is formed at once as a (chunk x chunk) matrix per channel,
-normalised by its row maximum; only the chunk-boundary states are scanned in a Python loop over
-T / CHUNK steps. Exponents are formed directly (never as a product of ``e^{-i w}`` factors, which would
-overflow for strongly decaying channels), so any ``w`` and ``|k|`` up to fp32's exp range are safe.
-Autograd differentiates the whole thing, including the incoming state. A single token (T = 1, the
-generation step) takes a direct formula.
+PyTorch path (CPU, and any device): the sequence is cut into N chunks of L ~ sqrt(T) tokens and run in
+three passes, each vectorised over (batch, chunk, channel): the recurrence inside all chunks at once
+(L Python steps), a scan over the chunk boundaries (N steps, on (B, C) tensors), then every output at
+once. That is L + N ~ 2 sqrt(T) Python steps instead of T, the same O(T C) work as the recurrence, and
+exactly its arithmetic (running max everywhere, so any ``w`` and ``|k|`` up to fp32's exp range are
+safe). Autograd differentiates it, including the incoming state. A single token (T = 1, the generation
+step) takes a direct formula. A chunked form with an (L x L) weight matrix per channel does O(T L C)
+exponentials (or, factorised, many tiny per-channel matmuls) and was slower in our CPU trials.
 
 Padding: ``mask`` (B, T), 0 where a token is padding, makes the op hold its state there: padded tokens
 neither add to the sums nor decay them, and output 0. Real tokens then get exactly what the unpadded
-sequence gives. Implemented by counting real tokens instead of positions in every exponent.
+sequence gives.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from ._backend import check_mask, compute_dtype, resolve_backend
 from .wkv_reference import NEG_INF
 
-CHUNK = 16
+CHUNK = None  # chunk length; None picks ~sqrt(T)
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -58,56 +59,74 @@ def _wkv_step(w, u, k, v, state: State, mask):
     return torch.where(m, y, 0.0), tuple(torch.where(m, n, o) for n, o in zip(new, state))
 
 
-def _wkv_chunked(w, u, k, v, state: State, mask, chunk: int):
-    """All tokens. k, v: (B, T, C) in the compute dtype; mask: (B, T) bool or None."""
+def _wkv_chunked(w, u, k, v, state: State, mask, chunk: int | None):
+    """All tokens. k, v: (B, T, C) in the compute dtype; mask: (B, T) bool or None.
+
+    Three passes, each vectorised over (batch, chunk, channel): (1) the recurrence inside every chunk
+    at once, from an empty state, L steps; (2) a scan over the N chunk boundaries that gives the state
+    entering each chunk; (3) every output at once, combining the in-chunk state before t, the entering
+    state decayed over the real tokens before t, and the current token's bonus term.
+    """
     B, T, C = k.shape
-    L = min(chunk, T)
+    L = chunk or min(64, max(4, math.ceil(math.sqrt(T))))  # L + N Python steps: smallest near sqrt(T)
+    L = min(L, T)
     N = math.ceil(T / L)
     pad = N * L - T
-    if mask is None:
-        mask = torch.ones(B, T, dtype=torch.bool, device=k.device)
     if pad:  # the ragged last chunk is handled as padding
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=k.device)
         k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
         mask = F.pad(mask, (0, pad), value=False)
-    k, v, m = k.view(B, N, L, C), v.view(B, N, L, C), mask.view(B, N, L)
-    mf = m.to(k.dtype)
-    c = mf.cumsum(-1)  # real tokens up to and including t, within the chunk   (B, N, L)
-    e = c - mf  # real tokens strictly before t
-    n = c[..., -1:]  # real tokens in the chunk                                (B, N, 1)
-    neg_inf = torch.tensor(float("-inf"), dtype=k.dtype, device=k.device)
-    kk = torch.where(m[..., None], k, neg_inf)  # padding adds nothing
+    k, v = k.view(B, N, L, C), v.view(B, N, L, C)
+    m = None if mask is None else mask.view(B, N, L, 1)
 
-    # Chunk-local end states (as if the chunk started empty): exponent (n - c_i) w + k_i.
-    E = (n - c)[..., None] * w + kk  # (B, N, L, C)
-    lp = E.amax(dim=2).clamp(min=NEG_INF)  # (B, N, C)
-    P = torch.exp(E - lp[:, :, None])
-    la, lb = (P * v).sum(2), P.sum(2)
+    # (1) in-chunk recurrence from an empty state; keep the state before each position.
+    a = k.new_zeros(B, N, C)
+    b = k.new_zeros(B, N, C)
+    p = k.new_full((B, N, C), NEG_INF)
+    before = []
+    for t in range(L):
+        before.append((a, b, p))
+        kt, vt = k[:, :, t], v[:, :, t]
+        ww = p + w
+        q = torch.maximum(ww, kt)
+        e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
+        new = (e1 * a + e2 * vt, e1 * b + e2, q)
+        if m is None:
+            a, b, p = new
+        else:
+            mt = m[:, :, t]
+            a, b, p = (torch.where(mt, x, y) for x, y in zip(new, (a, b, p)))
+    la, lb, lp = a, b, p  # each chunk's own contribution at its end
+    at, bt, pt = (torch.stack(x, dim=2) for x in zip(*before))  # (B, N, L, C)
 
-    # Scan the chunk boundaries: state entering chunk j, decayed by its n_j real tokens at the end.
-    a, b, p = (s.clamp(min=NEG_INF) if i == 2 else s for i, s in enumerate(state))
+    # (2) scan the chunk boundaries: the state entering chunk j, then decayed over its n_j real tokens.
+    if m is None:
+        count = torch.arange(L, device=k.device, dtype=k.dtype).expand(B, N, L)
+        n = torch.full((B, N, 1), float(L), device=k.device, dtype=k.dtype)
+    else:
+        mf = m[..., 0].to(k.dtype)
+        count = mf.cumsum(-1) - mf  # real tokens before t within its chunk
+        n = mf.sum(-1, keepdim=True)
+    nw = n * w  # (B, N, C)
+    a, b, p = state[0], state[1], state[2].clamp(min=NEG_INF)
     ins = []
-    nw = n[..., 0, None] * w  # (B, N, C) total decay of each chunk
     for j in range(N):
         ins.append((a, b, p))
         pw = p + nw[:, j]
         q = torch.maximum(pw, lp[:, j])
         e1, e2 = torch.exp(pw - q), torch.exp(lp[:, j] - q)
         a, b, p = e1 * a + e2 * la[:, j], e1 * b + e2 * lb[:, j], q
-    ai, bi, pi = (torch.stack(s, dim=1) for s in zip(*ins))  # (B, N, C) each
+    ai, bi, pi = (torch.stack(x, dim=1)[:, :, None] for x in zip(*ins))  # (B, N, 1, C)
 
-    # Outputs: incoming state decayed by e_t real tokens, earlier tokens of the chunk, and the bonus term.
-    idx = torch.arange(L, device=k.device)
-    before = (idx[:, None] > idx[None, :]) & m[:, :, None, :]  # i < t and i real   (B, N, L, L)
-    A = (e[..., :, None] - c[..., None, :])[..., None] * w + k[:, :, None]  # (B, N, L, L, C)
-    A = torch.where(before[..., None], A, neg_inf)
-    S = pi[:, :, None] + e[..., None] * w  # (B, N, L, C)
+    # (3) outputs
+    S = pi + count[..., None] * w
     D = u + k
-    M = torch.maximum(torch.maximum(A.amax(dim=3), S), D)
-    PA = torch.exp(A - M[:, :, :, None])
-    eS, eD = torch.exp(S - M), torch.exp(D - M)
-    num = (PA * v[:, :, None]).sum(3) + eS * ai[:, :, None] + eD * v
-    den = PA.sum(3) + eS * bi[:, :, None] + eD
-    y = torch.where(m[..., None], num / torch.where(m[..., None], den, 1.0), 0.0)
+    M = torch.maximum(torch.maximum(pt, S), D)
+    et, eS, eD = torch.exp(pt - M), torch.exp(S - M), torch.exp(D - M)
+    y = (et * at + eS * ai + eD * v) / (et * bt + eS * bi + eD)
+    if m is not None:
+        y = torch.where(m, y, 0.0)
     return y.reshape(B, N * L, C)[:, :T], (a, b, p)
 
 
@@ -172,7 +191,10 @@ def wkv(
     mask = check_mask(mask, k.shape[0], k.shape[1], "wkv")
     if k.shape[1] == 0:
         raise ValueError("wkv: the sequence is empty (T = 0)")
-    if resolve_backend(backend, k, "wkv") == "triton":
+    use = resolve_backend(backend, k, "wkv")
+    if use == "triton" and backend is None and torch.float64 in (k.dtype, v.dtype):
+        use = "torch"  # the kernels compute in fp32: automatic choice keeps fp64 on the PyTorch path
+    if use == "triton":
         from .wkv_triton import wkv_triton
 
         return wkv_triton(time_decay, time_first, k, v, state, mask=mask)

@@ -18,63 +18,52 @@ Padding: ``mask`` (B, T), 0 at padded tokens, holds the membrane there and emits
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._backend import check_mask, compute_dtype, resolve_backend
 from .surrogate import get_surrogate
 
 
-def _forward_loop(xs, v, decay, threshold, v_reset, mask, h_out=None):
-    """xs: (T, B, C) drive already divided by tau (plus v_reset / tau); returns (h or None, v_final)."""
-    for t in range(xs.shape[0]):
-        if h_out is not None:
-            h = torch.add(xs[t], v, alpha=decay, out=h_out[t])
+def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
+    """Run the recurrence without autograd. Returns the pre-reset potentials H (T, B, C) and v_T (B, C).
+
+    The hard-reset loop keeps the NEGATED membrane ``n = -v`` so that each step is two fused ops:
+    ``-h_t = decay * n + (-x_t / tau)`` written straight into H, then ``F.threshold(-h_t, -threshold,
+    -v_reset)``, which keeps ``-h_t`` where ``h_t < threshold`` and writes ``-v_reset`` where it fires.
+    """
+    dt = compute_dtype(x)
+    decay = 1.0 - 1.0 / tau
+    base = 0.0 if v_reset is None else v_reset
+    drive = x.to(dt).transpose(0, 1) * (-1.0 / tau)  # (T, B, C), negated
+    if base != 0.0:
+        drive = drive - base / tau
+    drive = drive.contiguous()
+    H = torch.empty_like(drive)  # holds -h until the end
+    n = -v0.to(dt)
+    for t in range(drive.shape[0]):
+        h = torch.add(drive[t], n, alpha=decay, out=H[t])
+        if mask is not None:
+            h = torch.where(mask[t], h, n)
+            H[t] = h
+        if v_reset is not None:
+            new = F.threshold(h, -threshold, -v_reset)
         else:
-            h = torch.add(xs[t], v, alpha=decay)
-        if mask is not None:
-            h = torch.where(mask[t], h, v)
-            if h_out is not None:
-                h_out[t] = h
-        fire = h >= threshold
-        if mask is not None:
-            fire &= mask[t]
-        v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
-    return v
+            new = h + (h <= -threshold) * threshold
+        n = new if mask is None else torch.where(mask[t], new, n)
+    return H.neg_(), -n
 
 
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha):  # type: ignore[override]
-        dt = compute_dtype(x)
-        decay = 1.0 - 1.0 / tau
-        base = 0.0 if v_reset is None else v_reset
-        xs = x.to(dt).transpose(0, 1) / tau  # (T, B, C)
-        if base != 0.0:
-            xs = xs + base / tau
-        xs = xs.contiguous()
         mt = None if mask is None else mask.transpose(0, 1)[..., None].contiguous()  # (T, B, 1)
-        v = v0.to(dt)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        H = torch.empty_like(xs) if need_grad else None
-        if H is not None or xs.shape[0] > 0:
-            if H is None:
-                # inference: spikes are needed per step, so keep them instead of h
-                S = torch.empty_like(xs, dtype=x.dtype)
-                for t in range(xs.shape[0]):
-                    h = torch.add(xs[t], v, alpha=decay)
-                    if mt is not None:
-                        h = torch.where(mt[t], h, v)
-                    fire = h >= threshold
-                    if mt is not None:
-                        fire &= mt[t]
-                    S[t] = fire
-                    v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
-                return S.transpose(0, 1), v
-            v = _forward_loop(xs, v, decay, threshold, v_reset, mt, H)
+        H, v = _charge_fire_reset(x, v0, mt, tau, threshold, v_reset)
         fire = H >= threshold
         if mt is not None:
             fire &= mt
-        ctx.save_for_backward(H, mt)
-        ctx.cfg = (tau, threshold, v_reset, detach_reset, surrogate, alpha, x.dtype, v0.dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:  # training: keep h only
+            ctx.save_for_backward(H, mt)
+            ctx.cfg = (tau, threshold, v_reset, detach_reset, surrogate, alpha, x.dtype, v0.dtype)
         return fire.to(x.dtype).transpose(0, 1), v
 
     @staticmethod
@@ -100,21 +89,20 @@ class _LIFFunction(torch.autograd.Function):
         dhdv = torch.full_like(H, decay)
         if mt is not None:
             dhdv = torch.where(mt, dhdv, 1.0)
-        gs = g_spikes.transpose(0, 1).to(dt) if g_spikes is not None else torch.zeros_like(H)
-        a = gs * sg
+        a = g_spikes.transpose(0, 1).to(dt) * sg if g_spikes is not None else torch.zeros_like(H)
         coef = dvdh * dhdv
         rhs = a * dhdv
-        gv = torch.zeros_like(H[0]) if g_v is None else g_v.to(dt)
-        G = torch.empty_like(H)  # gradient arriving at v_t from later steps, per t
-        for t in range(H.shape[0] - 1, -1, -1):
-            G[t] = gv
-            gv = torch.addcmul(rhs[t], coef[t], gv)
-        gh = a + G * dvdh
-        gx = gh / tau
+        # G[t]: gradient arriving at v_t from later steps; G[t-1] = rhs[t] + coef[t] G[t] (one op a step)
+        G = torch.empty_like(H)
+        G[-1] = 0.0 if g_v is None else g_v.to(dt)
+        for t in range(H.shape[0] - 1, 0, -1):
+            torch.addcmul(rhs[t], coef[t], G[t], out=G[t - 1])
+        g_v0 = rhs[0] + coef[0] * G[0]
+        gx = (a + G * dvdh) / tau
         if mt is not None:
             gx = gx * mt
         g_x = gx.transpose(0, 1).to(x_dtype) if ctx.needs_input_grad[0] else None
-        g_v0 = gv.to(v_dtype) if ctx.needs_input_grad[1] else None
+        g_v0 = g_v0.to(v_dtype) if ctx.needs_input_grad[1] else None
         return g_x, g_v0, None, None, None, None, None, None, None
 
 
@@ -165,7 +153,10 @@ def lif(
     mask = check_mask(mask, B, T, "lif")
     if v is None:
         v = x.new_zeros(B, C, dtype=compute_dtype(x))
-    if resolve_backend(backend, x, "lif") == "triton":
+    use = resolve_backend(backend, x, "lif")
+    if use == "triton" and backend is None and x.dtype == torch.float64:
+        use = "torch"  # the kernels compute in fp32: automatic choice keeps fp64 on the PyTorch path
+    if use == "triton":
         from .lif_triton import lif_triton
 
         return lif_triton(x, v, tau=tau, threshold=threshold, v_reset=v_reset, detach_reset=detach_reset,

@@ -10,3 +10,8 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The tests use small tensors, for which intra-op threads cost more than they give (and CI has 2 cores).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

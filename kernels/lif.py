@@ -53,6 +53,16 @@ def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
     return H.neg_(), -n
 
 
+def _step(x, v, tau, threshold, v_reset):
+    """One token, no gradient: x (B, 1, C), v (B, C) -> (spikes (B, 1, C), v)."""
+    dt = compute_dtype(x)
+    base = 0.0 if v_reset is None else v_reset
+    h = torch.lerp(v.to(dt), x[:, 0].to(dt) + base, 1.0 / tau)  # v + (x - (v - v_reset)) / tau
+    fire = h >= threshold
+    v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
+    return fire.to(x.dtype)[:, None], v
+
+
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha):  # type: ignore[override]
@@ -161,4 +171,6 @@ def lif(
 
         return lif_triton(x, v, tau=tau, threshold=threshold, v_reset=v_reset, detach_reset=detach_reset,
                           surrogate=surrogate, alpha=alpha, mask=mask)
+    if T == 1 and mask is None and not (torch.is_grad_enabled() and (x.requires_grad or v.requires_grad)):
+        return _step(x, v, tau, threshold, v_reset)  # the generation step: no autograd bookkeeping
     return _LIFFunction.apply(x, v, mask, float(tau), float(threshold), v_reset, detach_reset, surrogate, alpha)

@@ -65,7 +65,9 @@ def test_fast_path_matches_reference_fp64(shape, kw, masked):
     gs = torch.randn(B, T, C, generator=g, dtype=torch.float64)
     gv = torch.randn(B, C, generator=g, dtype=torch.float64)
     out = []
-    for fn in (lambda x, v: lif(x, v, mask=mask, backend="torch", **kw), lambda x, v: lif_reference(x, v, mask=mask, **kw)):
+    fast = lambda x, v: lif(x, v, mask=mask, backend="torch", **kw)  # noqa: E731
+    ref = lambda x, v: lif_reference(x, v, mask=mask, **kw)  # noqa: E731
+    for fn in (fast, ref):
         x, v0 = x0.clone().requires_grad_(), v00.clone().requires_grad_()
         s, v = fn(x, v0)
         ((s * gs).sum() + (v * gv).sum()).backward()

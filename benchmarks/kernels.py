@@ -1,0 +1,298 @@
+"""WKV and LIF kernels: milliseconds and achieved bandwidth, against named baselines in the same run.
+
+    python benchmarks/kernels.py                       # CUDA: bf16, B=8, T in {1024, 4096}, C in {768, 2048}
+    python benchmarks/kernels.py --ctx 256 --width 256 # smaller shapes (the CPU default is B=2, T 256/1024,
+                                                       # C 256/768, fp32)
+    python benchmarks/kernels.py --model               # also the whole-model training step (216M shape)
+    python benchmarks/kernels.py --sweep               # CUDA: the Triton WKV under other launch shapes
+
+Rows: for each op, shape and pass (fwd, fwd+bwd), every implementation that can run here: ``triton``
+(CUDA only), ``torch`` (the PyTorch path, every device) and, for WKV, ``fla`` (flash-linear-attention's
+``fla.ops.rwkv4.fused_recurrent_rwkv4``, when importable). Columns: median milliseconds, achieved GB/s
+over the op's minimal traffic (below), that as a share of this device's measured copy bandwidth
+(``dst.copy_(src)``, read + write), and the speed-up over ``torch`` in the same run.
+
+Minimal traffic per element, with ``e`` the input's bytes per element: WKV fwd reads k, v and writes y
+(3e); fwd+bwd adds reading k, v, dy and writing dk, dv (8e in all). LIF fwd (training) reads x, writes
+spikes and h (2e + 4); fwd+bwd adds reading h, ds and writing dx (4e + 8 in all). LIF inference: 2e.
+A ``step`` row is the one-token generation call (T = 1, no gradient) at B = 1 and B = 8.
+
+``--fusion`` times what fusing the FFN's gate into the LIF would save: the separate gate op
+``sigmoid(r) * kv`` (fwd+bwd) that a fused kernel would absorb, next to the LIF itself.
+``--model`` times a training step (forward, backward, AdamW) of ``SpikeGPTForCausalLM`` at the 216M
+shape (18 x 768, vocab 50277, T = 1024, bf16 autocast on CUDA) and reports tokens/s and model FLOPs
+utilisation: 6 x (parameters of every matmul, the head included) FLOPs per token against the device's
+dense bf16 peak (``--peak-tflops``; known for H100/H200 and A100).
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from spikegpt.kernels import lif, wkv
+
+GB = 1e9
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device: torch.device, repeat: int, warmup: int = 2, budget_s: float = 1.5) -> float:
+    """Median wall milliseconds of ``fn()`` over up to ``repeat`` runs (fewer, but at least 3, when a run
+    is slow enough that ``repeat`` would exceed ``budget_s``), synchronising the device around each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    once = time.perf_counter() - t0
+    times = []
+    for _ in range(max(3, min(repeat, int(budget_s / max(once, 1e-9))))):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, repeat: int) -> float:
+    """GB/s of ``dst.copy_(src)`` on a buffer far larger than the caches (read + write counted)."""
+    n = (1 << 30) if device.type == "cuda" else (1 << 28)
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, repeat)
+    return 2 * n / (ms / 1e3) / GB
+
+
+def _fla_wkv():
+    try:
+        from fla.ops.rwkv4 import fused_recurrent_rwkv4
+    except Exception:  # not installed, or fails to import on this device
+        return None
+
+    def run(td, tf, k, v):
+        B, C = k.shape[0], k.shape[2]
+        state = torch.zeros(B, 3, 1, C, device=k.device, dtype=torch.float32)
+        state[:, 2] = -1e38
+        return fused_recurrent_rwkv4(td, tf, k, v, state)
+
+    return run
+
+
+def wkv_rows(B, T, C, dtype, device, repeat, impls, fla):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    td = torch.randn(C, generator=g).to(device).requires_grad_()
+    tf = torch.randn(C, generator=g).to(device).requires_grad_()
+    k = torch.randn(B, T, C, generator=g).to(device, dtype).requires_grad_()
+    v = torch.randn(B, T, C, generator=g).to(device, dtype).requires_grad_()
+    gy = torch.randn(B, T, C, generator=g).to(device, dtype)
+    e = k.element_size()
+    calls = {name: (lambda name=name: wkv(td, tf, k, v, backend=name)[0]) for name in impls}
+    if fla is not None:
+        calls["fla"] = lambda: fla(td, tf, k, v)[0]
+    rows = []
+    for name, call in calls.items():
+        with torch.no_grad():
+            ms = median_ms(call, device, repeat)
+        rows.append(("wkv", name, "fwd", B, T, C, ms, 3 * e * B * T * C))
+
+        def fwd_bwd(call=call):
+            torch.autograd.grad(call(), (td, tf, k, v), gy)
+
+        rows.append(("wkv", name, "fwd+bwd", B, T, C, median_ms(fwd_bwd, device, repeat), 8 * e * B * T * C))
+    return rows
+
+
+def wkv_step_rows(B, C, dtype, device, repeat, impls):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    td, tf = (torch.randn(C, generator=g).to(device) for _ in range(2))
+    k, v = (torch.randn(B, 1, C, generator=g).to(device, dtype) for _ in range(2))
+    state = (torch.zeros(B, C, device=device), torch.zeros(B, C, device=device),
+             torch.full((B, C), -1e38, device=device))
+    rows = []
+    for name in impls:
+        with torch.no_grad():
+            ms = median_ms(lambda name=name: wkv(td, tf, k, v, state, backend=name), device, repeat * 4)
+        rows.append(("wkv", name, "step", B, 1, C, ms, 3 * k.element_size() * B * C + 24 * B * C))
+    return rows
+
+
+def lif_rows(B, T, C, dtype, device, repeat, impls):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.randn(B, T, C, generator=g) * 2).to(device, dtype).requires_grad_()
+    gs = torch.randn(B, T, C, generator=g).to(device, dtype)
+    e = x.element_size()
+    rows = []
+    for name in impls:
+        with torch.no_grad():
+            ms = median_ms(lambda name=name: lif(x, backend=name), device, repeat)
+        rows.append(("lif", name, "infer", B, T, C, ms, 2 * e * B * T * C))
+        ms = median_ms(lambda name=name: lif(x, backend=name), device, repeat)
+        rows.append(("lif", name, "fwd", B, T, C, ms, (2 * e + 4) * B * T * C))
+
+        def fwd_bwd(name=name):
+            torch.autograd.grad(lif(x, backend=name)[0], (x,), gs)
+
+        rows.append(("lif", name, "fwd+bwd", B, T, C, median_ms(fwd_bwd, device, repeat), (4 * e + 8) * B * T * C))
+    return rows
+
+
+def fusion_rows(B, T, C, dtype, device, repeat, impls):
+    """The gate op a fused gate+LIF kernel would absorb, and the LIF, both fwd+bwd."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r, kv = ((torch.randn(B, T, C, generator=g) * 2).to(device, dtype).requires_grad_() for _ in range(2))
+    gx = torch.randn(B, T, C, generator=g).to(device, dtype)
+    e = r.element_size()
+
+    def gate():
+        torch.autograd.grad(torch.sigmoid(r) * kv, (r, kv), gx)
+
+    # gate fwd: read r, kv, write x (3e); bwd: read dx, r, kv, write dr, dkv (5e)
+    rows = [("gate", "torch", "fwd+bwd", B, T, C, median_ms(gate, device, repeat), 8 * e * B * T * C)]
+    for name in impls:
+        def both(name=name):
+            x = torch.sigmoid(r) * kv
+            torch.autograd.grad(lif(x, backend=name)[0], (r, kv), gx)
+
+        rows.append(("gate+lif", name, "fwd+bwd", B, T, C, median_ms(both, device, repeat),
+                     (8 * e + 4 * e + 8) * B * T * C))
+    return rows
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
+
+
+def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, compile_model):
+    try:
+        from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+    except ImportError as e:  # the model is optional for this script
+        print(f"model: skipped ({e})")
+        return []
+    cfg = SpikeGPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, context_length=ctx)
+    model = SpikeGPTForCausalLM(cfg).to(device)
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    ids = torch.randint(0, vocab, (batch, ctx), device=device)
+    fwd = torch.compile(model) if compile_model else model
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = fwd(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = median_ms(step, device, repeat, warmup=3 if compile_model else 2)
+    tok_s = batch * ctx / (ms / 1e3)
+    if peak_tflops is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    mfu = 6 * matmul_params * tok_s / (peak_tflops * 1e12) if peak_tflops else None
+    print(f"\nmodel {layers} x {width}, vocab {vocab}, B={batch}, T={ctx}, {matmul_params / 1e6:.1f}M matmul params"
+          f"{' (compiled)' if compile_model else ''}: {ms:.1f} ms/step, {tok_s:,.0f} tokens/s, MFU "
+          + (f"{100 * mfu:.1f}% of {peak_tflops:.0f} TFLOPS" if mfu is not None else "n/a (pass --peak-tflops)"))
+    return [{"op": "model", "ms": ms, "tokens_per_s": tok_s, "mfu": mfu, "batch": batch, "ctx": ctx,
+             "layers": layers, "width": width, "vocab": vocab, "matmul_params": matmul_params}]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                    help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, 2 on CPU")
+    ap.add_argument("--ctx", type=int, nargs="+", default=None, help="T values (default: 1024 4096 / CPU 256 1024)")
+    ap.add_argument("--width", type=int, nargs="+", default=None, help="C values (default: 768 2048 / CPU 256 768)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default: 20 CUDA, 3 CPU)")
+    ap.add_argument("--ops", nargs="+", default=["wkv", "lif", "step"], choices=["wkv", "lif", "step"])
+    ap.add_argument("--fusion", action="store_true", help="time the gate op a fused gate+LIF would remove")
+    ap.add_argument("--sweep", action="store_true", help="CUDA: Triton WKV at other unroll / group settings")
+    ap.add_argument("--model", action="store_true", help="whole-model training step")
+    ap.add_argument("--model-shape", type=int, nargs=5, default=[8, 1024, 18, 768, 50277],
+                    metavar=("B", "T", "LAYERS", "WIDTH", "VOCAB"))
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model for --model")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU")
+    ap.add_argument("--impls", nargs="+", default=None, choices=["triton", "torch"],
+                    help="implementations to time (default: triton and torch on CUDA, torch elsewhere; triton on CPU "
+                    "needs TRITON_INTERPRET=1 and only checks that this script runs)")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dtype = dtypes[args.dtype or ("bf16" if cuda else "fp32")]
+    B = args.batch or (8 if cuda else 2)
+    Ts = args.ctx or ([1024, 4096] if cuda else [256, 1024])
+    Cs = args.width or ([768, 2048] if cuda else [256, 768])
+    repeat = args.repeat or (20 if cuda else 3)
+    impls = args.impls or (["triton", "torch"] if cuda else ["torch"])
+    fla = _fla_wkv() if cuda else None
+
+    bw = copy_bandwidth(device, repeat)
+    name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; dtype {dtype}; copy bandwidth {bw:.0f} GB/s; "
+          f"fla {'found' if fla else 'not importable'}")
+    rows = []
+    for T in Ts:
+        for C in Cs:
+            if "wkv" in args.ops:
+                rows += wkv_rows(B, T, C, dtype, device, repeat, impls, fla)
+            if "lif" in args.ops:
+                rows += lif_rows(B, T, C, dtype, device, repeat, impls)
+            if args.fusion:
+                rows += fusion_rows(B, T, C, dtype, device, repeat, impls)
+    if "step" in args.ops:
+        for Bs in (1, 8):
+            for C in Cs:
+                rows += wkv_step_rows(Bs, C, dtype, device, repeat, impls)
+
+    base = {(r[0], r[2], r[3], r[4], r[5]): r[6] for r in rows if r[1] == "torch"}
+    head = ("op", "impl", "pass", "B", "T", "C", "ms", "GB/s", "% copy", "vs torch")
+    print("\n{:<9}{:<8}{:<9}{:>3}{:>6}{:>6}{:>11}{:>9}{:>8}{:>10}".format(*head))
+    out = []
+    for op, impl, pas, b, t, c, ms, nbytes in rows:
+        gbs = nbytes / (ms / 1e3) / GB
+        ref = base.get((op, pas, b, t, c))
+        speed = f"{ref / ms:.2f}x" if ref else "-"
+        print(f"{op:<9}{impl:<8}{pas:<9}{b:>3}{t:>6}{c:>6}{ms:>11.3f}{gbs:>9.1f}{100 * gbs / bw:>7.1f}%{speed:>10}")
+        out.append(dict(op=op, impl=impl, pass_=pas, B=b, T=t, C=c, ms=ms, gb_s=gbs, copy_share=gbs / bw))
+
+    if args.sweep and "triton" in impls:
+        from spikegpt.kernels.wkv_triton import wkv_triton
+
+        print("\nTriton WKV launch shapes (fwd+bwd, ms):")
+        T, C = Ts[-1], Cs[-1]
+        g = torch.Generator(device="cpu").manual_seed(0)
+        td, tf = (torch.randn(C, generator=g).to(device).requires_grad_() for _ in range(2))
+        k, v, gy = (torch.randn(B, T, C, generator=g).to(device, dtype) for _ in range(3))
+        k.requires_grad_()
+        v.requires_grad_()
+        for unroll, groups in ((8, 8), (16, 4), (16, 8), (32, 2)):
+            def fb(unroll=unroll, groups=groups):
+                y = wkv_triton(td, tf, k, v, unroll=unroll, groups=groups)[0]
+                torch.autograd.grad(y, (td, tf, k, v), gy)
+
+            ms = median_ms(fb, device, repeat)
+            gbs = 8 * k.element_size() * B * T * C / ms / 1e6
+            print(f"  unroll {unroll:>2} groups {groups}: {ms:.3f} ms  ({gbs:.0f} GB/s, {100 * gbs / bw:.0f}% of copy)")
+
+    if args.model:
+        b, t, layers, width, vocab = args.model_shape
+        if not cuda and args.model_shape == ap.get_default("model_shape"):
+            b, t, layers, width, vocab = 2, 128, 4, 256, 4096  # a shape a CPU finishes
+        out += model_rows(device, max(3, repeat // 4), b, t, layers, width, vocab, args.peak_tflops, args.compile)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "copy_gb_s": bw, "rows": out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

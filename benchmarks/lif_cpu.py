@@ -12,6 +12,7 @@ import json
 
 import torch
 from _timing import median_time
+
 from spikegpt.kernels import lif
 from spikegpt.kernels.lif_reference import lif_reference
 

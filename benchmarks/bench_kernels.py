@@ -1,10 +1,10 @@
 """WKV and LIF kernels: milliseconds and achieved bandwidth, against named baselines in the same run.
 
-    python benchmarks/kernels.py                       # CUDA: bf16, B=8, T in {1024, 4096}, C in {768, 2048}
-    python benchmarks/kernels.py --ctx 256 --width 256 # smaller shapes (the CPU default is B=2, T 256/1024,
+    python benchmarks/bench_kernels.py                       # CUDA: bf16, B=8, T in {1024, 4096}, C in {768, 2048}
+    python benchmarks/bench_kernels.py --ctx 256 --width 256 # smaller shapes (the CPU default is B=2, T 256/1024,
                                                        # C 256/768, fp32)
-    python benchmarks/kernels.py --model               # also the whole-model training step (216M shape)
-    python benchmarks/kernels.py --sweep               # CUDA: the Triton WKV under other launch shapes
+    python benchmarks/bench_kernels.py --model               # also the whole-model training step (216M shape)
+    python benchmarks/bench_kernels.py --sweep               # CUDA: the Triton WKV under other launch shapes
 
 Rows: for each op, shape and pass (fwd, fwd+bwd), every implementation that can run here: ``triton``
 (CUDA only), ``torch`` (the PyTorch path, every device) and, for WKV, ``fla`` (flash-linear-attention's
@@ -24,6 +24,9 @@ shape (18 x 768, vocab 50277, T = 1024, bf16 autocast on CUDA) and reports token
 utilisation: 6 x (parameters of every matmul, the head included) FLOPs per token against the device's
 dense bf16 peak (``--peak-tflops``; known for H100/H200 and A100).
 """
+# Named bench_kernels.py, not kernels.py: scripts put their own folder first on sys.path, and transformers 5.x
+# imports any top-level module called ``kernels`` it can find (see spec/engineering.md).
+
 
 import argparse
 import json

@@ -34,7 +34,7 @@ SPIKEGPT_TEST_DEVICE=cuda TRITON_INTERPRET=0 timeout 900 "$PY" -m pytest -q -p n
 echo "== kernel benchmarks (bf16, B=8, T 1024/4096, C 768/2048) and the 216M training step"
 extra=()
 [ "${SWEEP:-0}" = "1" ] && extra+=(--sweep)
-TRITON_INTERPRET=0 timeout 900 "$PY" benchmarks/kernels.py --fusion --model --json "$OUT/kernels.json" ${extra[@]+"${extra[@]}"} \
+TRITON_INTERPRET=0 timeout 900 "$PY" benchmarks/bench_kernels.py --fusion --model --json "$OUT/kernels.json" ${extra[@]+"${extra[@]}"} \
     2>&1 | tee "$OUT/kernels.txt" || status=1
 
 exit $status

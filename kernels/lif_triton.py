@@ -35,7 +35,7 @@ gate+LIF kernel would read r and kv instead of x and never write x. Per element,
 forward (gate 4 + 2, LIF 2 + 2 + 4 for h) and 18 B backward (LIF 4 + 2 + 2, gate 2 + 4 + 4); fused 10 B
 and 14 B, 8 B less per element per layer. For the 216M shape (B = 8, T = 1024, C = 768, 18 layers)
 that is ~0.9 GB per training step, ~0.2 ms at ~4 TB/s, against ~25 ms of matmuls per step at 35% MFU:
-under 1% of the step. Not worth a second kernel now; ``benchmarks/kernels.py --fusion`` times the gate
+under 1% of the step. Not worth a second kernel now; ``benchmarks/bench_kernels.py --fusion`` times the gate
 op that such a fusion would remove, an upper bound on its saving.
 """
 

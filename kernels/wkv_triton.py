@@ -36,7 +36,7 @@ fla's ``fused_recurrent_rwkv4`` stores every step's state for its backward (12 B
 
 Why this form and not a chunked parallel-in-T form or an associative scan (fla's chunk kernels, the
 PyTorch path here)? Reasoning, unmeasured: no GPU was available when this was written, and
-``benchmarks/kernels.py`` (``benchmarks/gpu_check.sh``) is the script that settles it. A scan over the
+``benchmarks/bench_kernels.py`` (``benchmarks/gpu_check.sh``) is the script that settles it. A scan over the
 WKV state needs an exponential per combine, ~2 log2(L) combines per element for an exclusive scan of
 length L: 10-12 exponentials per element at L = 32 against 2 here; on an H100/H200 (16 exp / clock / SM)
 that is ~0.35 ms for B = 8, T = 4096, C = 2048, several times the ~0.08 ms its forward bytes take at

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from spikegpt.kernels.lif_reference import lif_reference
 from torch import nn
 
 import spikegpt.snn as snn
+from spikegpt.kernels.lif_reference import lif_reference
 from spikegpt.snn.neurons import LeakyState
 
 

@@ -1,0 +1,140 @@
+"""End-to-end runs of train/pretrain.py in this process (small models, a few dozen steps at most)."""
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_helpers import tiny_overrides
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import spikegpt  # noqa: F401  (registers the Auto classes)
+from spikegpt.train.checkpoint import CheckpointError, list_checkpoints
+from spikegpt.train.config import load_config
+from spikegpt.train.metrics import read_metrics
+from spikegpt.train.pretrain import main
+from spikegpt.train.trainer import lr_factor, train
+
+REPO = Path(__file__).resolve().parents[2]
+FINAL_KEYS = {"step", "train_loss", "val_loss", "val_ppl", "val_bpc", "tokens", "tokens_per_s"}
+
+
+def test_tiny_recipe_end_to_end_on_the_builtin_corpus(tmp_path, capsys):
+    """The tiny recipe's path (built-in corpus, BPE trained here) for 30 steps: saves, reloads, generates."""
+    out = tmp_path / "run"
+    args = ["--config", str(REPO / "configs" / "tiny.yaml"), *tiny_overrides(
+        "builtin:python-docs", out, tokenizer="bpe", tokenizer_vocab_size=512, tokenizer_train_chars=300_000,
+        max_steps=30, batch_size=8, log_interval=5, eval_interval=15, sample_interval=15, save_interval=10,
+        val_fraction=0.05, val_max_tokens=1500, lr=5e-3,
+    )]
+    final = main(args)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert FINAL_KEYS <= set(final) and final["step"] == 30 and not final["interrupted"]
+    assert json.loads(printed[-1])["val_loss"] == final["val_loss"]  # the last line is the JSON summary
+    assert final["train_loss"] < math.log(512)  # better than a uniform guess over the vocabulary
+    assert final["val_ppl"] == pytest.approx(math.exp(final["val_loss"]))
+    val = read_metrics(out / "metrics.jsonl", "val")[-1]
+    assert final["val_bpc"] == pytest.approx(val["val_loss"] * val["val_tokens"] / math.log(2) / val["val_characters"])
+    assert [s for s, _ in list_checkpoints(out)] == [20, 30]  # keep_checkpoints = 2
+    assert len(read_metrics(out / "metrics.jsonl", "sample")) == 2
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__ == "SpikeGPTForCausalLM" and model.config.spiking
+    assert len(tok) == model.config.vocab_size <= 512 and model.config.eos_token_id == tok.eos_token_id
+    assert model.config.context_length == 32
+    ids = tok("The", return_tensors="pt").input_ids
+    gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.eos_token_id)
+    assert gen.shape[1] > ids.shape[1] and isinstance(tok.decode(gen[0]), str)
+
+    from spikegpt.train.evaluate import evaluate_model
+
+    ev = evaluate_model(str(out), "builtin:python-docs", split="val", max_tokens=1500, batch_size=4,
+                        window=32, progress=False)
+    assert ev["tokens"] == val["val_tokens"] and ev["characters"] == val["val_characters"]
+    assert ev["loss"] == pytest.approx(final["val_loss"], rel=1e-4)  # same documents, same model
+
+
+def _losses(path):
+    return {r["step"]: r["loss"] for r in read_metrics(path / "metrics.jsonl", "train")}
+
+
+def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file):
+    extra = dict(max_steps=8, **{"model.dropout": 0.1})  # dropout: the RNG state must be restored too
+    ref = main(tiny_overrides(corpus_file, tmp_path / "a", **extra))
+
+    def ctrl_c_at_3(step, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = load_config(None, tiny_overrides(corpus_file, tmp_path / "b", **extra))
+    stopped = train(cfg, callbacks=[ctrl_c_at_3])
+    assert stopped["interrupted"] and stopped["step"] == 3
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [3]
+    resumed = main(tiny_overrides(corpus_file, tmp_path / "b", resume="latest", **extra))
+    assert resumed["step"] == 8
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")  # exactly, every step
+    assert resumed["val_loss"] == ref["val_loss"]
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_clobber_and_names_a_corrupt_checkpoint(tmp_path, corpus_file):
+    main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=2))
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=2))
+    ckpt = tmp_path / "c" / "checkpoint-2"
+    with open(ckpt / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is corrupt: file model.safetensors"):
+        main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=4, resume="latest"))
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, corpus_file):
+    """2 micro-batches of 2 give the update of one batch of 4 (mean loss, same blocks, no dropout)."""
+    a = main(tiny_overrides(corpus_file, tmp_path / "a", max_steps=3, batch_size=4))
+    b = main(tiny_overrides(corpus_file, tmp_path / "b", max_steps=3, batch_size=2, grad_accum_steps=2))
+    assert a["tokens"] == b["tokens"]
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_lr_schedule_closed_form():
+    assert lr_factor(0, 4, 100, 0.1) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(4, 4, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(52, 4, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 4, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, corpus_file):
+    """Recomputing each block in the backward pass changes memory, not the result."""
+    main(tiny_overrides(corpus_file, tmp_path / "a", max_steps=3))
+    main(tiny_overrides(corpus_file, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_recomputes_each_block():
+    from spikegpt.train.trainer import enable_gradient_checkpointing
+
+    model = spikegpt.SpikeGPTForCausalLM(spikegpt.SpikeGPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3))
+    calls = []
+    for block in model.model.blocks:  # count forward runs (hooks do not fire when checkpointing recomputes)
+        block.forward = (lambda f: lambda *a, **k: calls.append(1) or f(*a, **k))(block.forward)
+    ids = torch.randint(0, 64, (2, 8))
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 3
+    calls.clear()
+    enable_gradient_checkpointing(model)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 6  # each block once forward, once again in the backward pass

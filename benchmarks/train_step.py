@@ -3,7 +3,8 @@
 Also reports the floor set by the same model's Linear layers alone (forward + backward of every matmul
 the model does, including the head, on the same tokens).
 
-    python benchmarks/train_step.py                      # 12 x 512, B=4, T=256, vocab 50277
+    python benchmarks/train_step.py                      # 12 x 512 (SpikeGPT-46M), B=4, T=256, vocab 6064
+    python benchmarks/train_step.py --vocab 50277        # with a GPT-NeoX-sized head
     python benchmarks/train_step.py --layers 4 --width 256 --repeat 3
 
 Prints medians (seconds per step, tokens/s) and the ratios spikegpt / HF and spikegpt / Linear floor.
@@ -20,7 +21,7 @@ from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 
 
 def step_fn(model, ids):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the same optimizer for every model
 
     def step():
         out = model(input_ids=ids, labels=ids, use_cache=False)
@@ -49,7 +50,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--vocab", type=int, default=50277)
+    ap.add_argument("--vocab", type=int, default=6064, help="6064: the enwik8 characters of SpikeGPT-46M")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)

@@ -40,11 +40,11 @@ def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
     drive = drive.contiguous()
     H = torch.empty_like(drive)  # holds -h until the end
     n = -v0.to(dt)
-    for t in range(drive.shape[0]):
-        h = torch.add(drive[t], n, alpha=decay, out=H[t])
+    for t, (d_t, h_t) in enumerate(zip(drive.unbind(0), H.unbind(0))):
+        h = torch.add(d_t, n, alpha=decay, out=h_t)
         if mask is not None:
             h = torch.where(mask[t], h, n)
-            H[t] = h
+            h_t.copy_(h)
         if v_reset is not None:
             new = F.threshold(h, -threshold, -v_reset)
         else:
@@ -96,19 +96,18 @@ class _LIFFunction(torch.autograd.Function):
             if not detach_reset:
                 dvdh = dvdh + (v_reset - H) * sg
         # dh_t / dv_{t-1}: the leak, or 1 at padding (h_t = v_{t-1} there)
-        dhdv = torch.full_like(H, decay)
-        if mt is not None:
-            dhdv = torch.where(mt, dhdv, 1.0)
+        dhdv = decay if mt is None else torch.full(mt.shape, decay, dtype=dt, device=H.device).masked_fill_(~mt, 1.0)
         a = g_spikes.transpose(0, 1).to(dt) * sg if g_spikes is not None else torch.zeros_like(H)
         coef = dvdh * dhdv
         rhs = a * dhdv
         # G[t]: gradient arriving at v_t from later steps; G[t-1] = rhs[t] + coef[t] G[t] (one op a step)
         G = torch.empty_like(H)
         G[-1] = 0.0 if g_v is None else g_v.to(dt)
+        Gs, rs, cs = G.unbind(0), rhs.unbind(0), coef.unbind(0)
         for t in range(H.shape[0] - 1, 0, -1):
-            torch.addcmul(rhs[t], coef[t], G[t], out=G[t - 1])
-        g_v0 = rhs[0] + coef[0] * G[0]
-        gx = (a + G * dvdh) / tau
+            torch.addcmul(rs[t], cs[t], Gs[t], out=Gs[t - 1])
+        g_v0 = rs[0] + cs[0] * Gs[0]
+        gx = G.mul_(dvdh).add_(a).div_(tau)  # (a + G dvdh) / tau, in place
         if mt is not None:
             gx = gx * mt
         g_x = gx.transpose(0, 1).to(x_dtype) if ctx.needs_input_grad[0] else None

@@ -85,9 +85,11 @@ def _wkv_chunked(w, u, k, v, state: State, mask, chunk: int | None):
     b = k.new_zeros(B, N, C)
     p = k.new_full((B, N, C), NEG_INF)
     before = []
+    ks, vs = k.unbind(2), v.unbind(2)  # unbind, not indexing: its backward is one stack, not L zero-fills
+    ms = None if m is None else m.unbind(2)
     for t in range(L):
         before.append((a, b, p))
-        kt, vt = k[:, :, t], v[:, :, t]
+        kt, vt = ks[t], vs[t]
         ww = p + w
         q = torch.maximum(ww, kt)
         e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
@@ -95,8 +97,7 @@ def _wkv_chunked(w, u, k, v, state: State, mask, chunk: int | None):
         if m is None:
             a, b, p = new
         else:
-            mt = m[:, :, t]
-            a, b, p = (torch.where(mt, x, y) for x, y in zip(new, (a, b, p)))
+            a, b, p = (torch.where(ms[t], x, y) for x, y in zip(new, (a, b, p)))
     la, lb, lp = a, b, p  # each chunk's own contribution at its end
     at, bt, pt = (torch.stack(x, dim=2) for x in zip(*before))  # (B, N, L, C)
 
@@ -111,12 +112,12 @@ def _wkv_chunked(w, u, k, v, state: State, mask, chunk: int | None):
     nw = n * w  # (B, N, C)
     a, b, p = state[0], state[1], state[2].clamp(min=NEG_INF)
     ins = []
-    for j in range(N):
+    for nwj, laj, lbj, lpj in zip(nw.unbind(1), la.unbind(1), lb.unbind(1), lp.unbind(1)):
         ins.append((a, b, p))
-        pw = p + nw[:, j]
-        q = torch.maximum(pw, lp[:, j])
-        e1, e2 = torch.exp(pw - q), torch.exp(lp[:, j] - q)
-        a, b, p = e1 * a + e2 * la[:, j], e1 * b + e2 * lb[:, j], q
+        pw = p + nwj
+        q = torch.maximum(pw, lpj)
+        e1, e2 = torch.exp(pw - q), torch.exp(lpj - q)
+        a, b, p = e1 * a + e2 * laj, e1 * b + e2 * lbj, q
     ai, bi, pi = (torch.stack(x, dim=1)[:, :, None] for x in zip(*ins))  # (B, N, 1, C)
 
     # (3) outputs

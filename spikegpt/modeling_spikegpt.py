@@ -97,6 +97,27 @@ class TimeMix(nn.Module):
         return self.output(torch.sigmoid(r) * y), shift, wkv_state
 
 
+class _ReluSquare(torch.autograd.Function):
+    """``relu(x)^2`` keeping only ``relu(x)`` for the backward (``2 relu(x) g``): two fewer passes over
+    the (B, T, 4C) activation than autograd of relu then square."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (r,) = ctx.saved_tensors
+        return torch.mul(g, r).mul_(2.0)
+
+
+def relu_square(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x) ** 2``, the squared-ReLU of RWKV-4's channel mix."""
+    return _ReluSquare.apply(x)
+
+
 class ChannelMix(nn.Module):
     """Spiking receptance FFN (before its LIF): ``y = sigmoid(Wr xr) * Wv relu(Wk xk)^2``."""
 
@@ -115,7 +136,7 @@ class ChannelMix(nn.Module):
         """z: (B, T, C) normalised input; shift: (B, C). Returns (y, shift)."""
         zz, shift = token_shift(z, shift, mask)
         dz = z - zz
-        k = torch.square(torch.relu(self.key(mix(zz, dz, self.time_mix_k))))
+        k = relu_square(self.key(mix(zz, dz, self.time_mix_k)))
         r = torch.sigmoid(self.receptance(mix(zz, dz, self.time_mix_r)))
         return r * self.value(k), shift
 

@@ -220,13 +220,15 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SpikeGPTBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
+    _fresh_head_prefixes: tuple[str, ...] = ()  # keys a checkpoint may lack (a task head started afresh)
 
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):
         """``PreTrainedModel.from_pretrained``, refusing a checkpoint that does not fit.
 
         With ``strict=True`` (default) a checkpoint with missing keys or shapes that differ from the
-        config raises ``ValueError`` naming the keys, instead of silently re-initialising them.
+        config raises ``ValueError`` naming the keys, instead of silently re-initialising them (except keys
+        under ``_fresh_head_prefixes``, a task head that a base checkpoint does not have).
         """
         want_info = kwargs.pop("output_loading_info", False)
         user_ignores = kwargs.pop("ignore_mismatched_sizes", False)
@@ -239,7 +241,7 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
             if mismatched:
                 shown = ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" for m in mismatched[:8])
                 problems.append(f"{len(mismatched)} checkpoint tensors have the wrong shape: {shown}")
-            missing = sorted(info.get("missing_keys", []))
+            missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith(cls._fresh_head_prefixes))
             if missing:
                 problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
             if problems:

@@ -62,6 +62,7 @@ class SpikeGPTForSequenceClassification(SpikeGPTPreTrainedModel):
     """SpikeGPT stack + ``score`` head on the last real token's hidden state (see the module docstring)."""
 
     _keys_to_ignore_on_load_unexpected = [r"^head\.weight$"]
+    _fresh_head_prefixes = ("score.",)  # loading a causal LM starts the classifier afresh
 
     def __init__(self, config: SpikeGPTConfig):
         super().__init__(config)
@@ -77,27 +78,6 @@ class SpikeGPTForSequenceClassification(SpikeGPTPreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         else:
             super()._init_weights(module)
-
-    @classmethod
-    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
-        """``from_pretrained`` that starts ``score`` afresh when the checkpoint has none (a causal LM) and,
-        with ``strict=True``, raises ``ValueError`` naming any other missing key or any mis-shaped one
-        (unless ``ignore_mismatched_sizes=True``)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        user_ignores = kwargs.pop("ignore_mismatched_sizes", False)
-        model, info = super().from_pretrained(*args, strict=False, output_loading_info=True, **kwargs)
-        if strict:
-            problems = []
-            mismatched = [] if user_ignores else sorted(info.get("mismatched_keys", []), key=str)
-            if mismatched:
-                shown = ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" for m in mismatched[:8])
-                problems.append(f"{len(mismatched)} checkpoint tensors have the wrong shape: {shown}")
-            missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith("score."))
-            if missing:
-                problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
-            if problems:
-                raise ValueError("cannot load this checkpoint into " + cls.__name__ + ": " + "; ".join(problems))
-        return (model, info) if want_info else model
 
     def get_input_embeddings(self):
         return self.model.emb

@@ -60,6 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .wkv import _empty_state
 from .wkv_reference import NEG_INF
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -479,11 +480,6 @@ def _backward(ctx, gy, ga, gb, gp, _gckpt):
 _wkv_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _empty_state(B: int, C: int, device: torch.device) -> State:
-    z = torch.zeros(B, C, device=device, dtype=torch.float32)
-    return z, z.clone(), torch.full((B, C), NEG_INF, device=device, dtype=torch.float32)
-
-
 def wkv_triton(
     time_decay: torch.Tensor,
     time_first: torch.Tensor,
@@ -521,7 +517,7 @@ def wkv_triton(
             raise ValueError(f"wkv_triton: {name} must be fp32, fp16 or bf16, got {x.dtype} (use backend='torch')")
     B, T, C = k.shape
     L, R = plan(T, k.is_cuda, unroll, groups)
-    st = _empty_state(B, C, k.device) if state is None else tuple(s.float().contiguous() for s in state)
+    st = _empty_state(B, C, k.device, torch.float32) if state is None else tuple(s.float().contiguous() for s in state)
     td = time_decay.float().contiguous()
     tf = time_first.float().contiguous()
     k, v = k.contiguous(), v.contiguous()

@@ -29,9 +29,9 @@ def test_constant_input_period_closed_form(x):
         assert fired == list(range(n - 1, T, n))
 
 
-def test_soft_reset_rate_closed_form():
-    """Soft reset conserves charge: over a long run, rate -> x / threshold... for tau->inf; here check sum rule:
-    v_T = sum of charge increments - threshold * spikes, with increments h_t - v_{t-1} = (x - v_{t-1}) / tau."""
+def test_soft_reset_subtracts_threshold():
+    """Soft reset subtracts exactly the threshold per spike: replaying the charge equation with the op's
+    own spikes, ``v_t = v_{t-1} + (x_t - v_{t-1}) / tau - threshold * s_t``, gives its final membrane."""
     x = torch.rand(2, 64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
     s, v = lif(x, v_reset=None)
     # replay the membrane from the spikes alone: v_t = v_{t-1} + (x_t - v_{t-1}) / tau - s_t

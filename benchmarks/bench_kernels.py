@@ -88,7 +88,67 @@ def _fla_wkv():
     return run
 
 
-def wkv_rows(B, T, C, dtype, device, repeat, impls, fla):
+def rel_err(got, want) -> float:
+    """Largest relative L2 error ||a - b|| / ||b|| over matching tensors (0 when ``want`` is all zero)."""
+    worst = 0.0
+    for a, b in zip(got, want):
+        a, b = a.detach().float(), b.detach().float()
+        worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+    return worst
+
+
+class Table:
+    """Rows as they are measured: printed at once, compared with the ``torch`` row of the same op, pass and
+    shape (speed-up, and the relative error of the outputs and gradients), and written to ``--json`` after
+    every row, so a run cut short keeps what it measured."""
+
+    HEAD = ("op", "impl", "pass", "B", "T", "C", "ms", "GB/s", "% copy", "vs torch", "err vs torch")
+
+    def __init__(self, bw: float, meta: dict, json_path: str | None):
+        self.bw, self.meta, self.json_path, self.rows = bw, meta, json_path, []
+        self.ref: dict[tuple, tuple[float, tuple]] = {}
+        print("\n{:<9}{:<8}{:<9}{:>3}{:>6}{:>6}{:>11}{:>9}{:>8}{:>10}{:>14}".format(*self.HEAD), flush=True)
+
+    def add(self, op, impl, pas, B, T, C, nbytes, time_fn, outputs_fn=None):
+        """Time ``time_fn`` (median ms) and, when given, compare ``outputs_fn()`` with torch's."""
+        key = (op, pas, B, T, C)
+        row = dict(op=op, impl=impl, **{"pass": pas}, B=B, T=T, C=C)
+        try:
+            outs = tuple(outputs_fn()) if outputs_fn is not None else None
+            ms = time_fn()
+        except Exception as e:  # one failing kernel must not cost the rest of the table
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+            print(f"{op:<9}{impl:<8}{pas:<9}{B:>3}{T:>6}{C:>6}   FAILED {row['error']}", flush=True)
+            self.save(row)
+            return
+        gbs = nbytes / (ms / 1e3) / GB
+        row.update(ms=ms, gb_s=gbs, copy_share=gbs / self.bw)
+        if impl == "torch":
+            self.ref[key] = (ms, outs)
+        base = self.ref.get(key)
+        speed = err = "-"
+        if base is not None and impl != "torch":
+            row["speedup_vs_torch"] = base[0] / ms
+            speed = f"{base[0] / ms:.2f}x"
+            if outs is not None and base[1] is not None:
+                row["err_vs_torch"] = rel_err(outs, base[1])
+                err = f"{row['err_vs_torch']:.1e}"
+        print(f"{op:<9}{impl:<8}{pas:<9}{B:>3}{T:>6}{C:>6}{ms:>11.3f}{gbs:>9.1f}{100 * gbs / self.bw:>7.1f}%"
+              f"{speed:>10}{err:>14}", flush=True)
+        self.save(row)
+
+    def save(self, row):
+        self.rows.append(row)
+        if self.json_path:
+            with open(self.json_path, "w") as f:
+                json.dump({**self.meta, "rows": self.rows}, f, indent=1)
+
+
+def _grads(out, inputs, cot):
+    return torch.autograd.grad(out, inputs, cot)
+
+
+def wkv_rows(table, B, T, C, dtype, device, repeat, impls, fla):
     g = torch.Generator(device="cpu").manual_seed(0)
     td = torch.randn(C, generator=g).to(device).requires_grad_()
     tf = torch.randn(C, generator=g).to(device).requires_grad_()
@@ -99,73 +159,122 @@ def wkv_rows(B, T, C, dtype, device, repeat, impls, fla):
     calls = {name: (lambda name=name: wkv(td, tf, k, v, backend=name)[0]) for name in impls}
     if fla is not None:
         calls["fla"] = lambda: fla(td, tf, k, v)[0]
-    rows = []
     for name, call in calls.items():
-        with torch.no_grad():
-            ms = median_ms(call, device, repeat)
-        rows.append(("wkv", name, "fwd", B, T, C, ms, 3 * e * B * T * C))
+        def fwd(call=call):
+            with torch.no_grad():
+                return call()
 
         def fwd_bwd(call=call):
-            torch.autograd.grad(call(), (td, tf, k, v), gy)
+            y = call()
+            return (y, *_grads(y, (td, tf, k, v), gy))
 
-        rows.append(("wkv", name, "fwd+bwd", B, T, C, median_ms(fwd_bwd, device, repeat), 8 * e * B * T * C))
-    return rows
+        table.add("wkv", name, "fwd", B, T, C, 3 * e * B * T * C,
+                  lambda fwd=fwd: median_ms(fwd, device, repeat), lambda fwd=fwd: (fwd(),))
+        table.add("wkv", name, "fwd+bwd", B, T, C, 8 * e * B * T * C,
+                  lambda f=fwd_bwd: median_ms(f, device, repeat), fwd_bwd)
 
 
-def wkv_step_rows(B, C, dtype, device, repeat, impls):
+def wkv_step_rows(table, B, C, dtype, device, repeat, impls):
     g = torch.Generator(device="cpu").manual_seed(0)
     td, tf = (torch.randn(C, generator=g).to(device) for _ in range(2))
     k, v = (torch.randn(B, 1, C, generator=g).to(device, dtype) for _ in range(2))
-    state = (torch.zeros(B, C, device=device), torch.zeros(B, C, device=device),
-             torch.full((B, C), -1e38, device=device))
-    rows = []
+    state = (torch.randn(B, C, generator=g).to(device), torch.rand(B, C, generator=g).to(device) + 0.1,
+             torch.randn(B, C, generator=g).to(device))
     for name in impls:
-        with torch.no_grad():
-            ms = median_ms(lambda name=name: wkv(td, tf, k, v, state, backend=name), device, repeat * 4)
-        rows.append(("wkv", name, "step", B, 1, C, ms, 3 * k.element_size() * B * C + 24 * B * C))
-    return rows
+        def step(name=name):
+            with torch.no_grad():
+                y, st = wkv(td, tf, k, v, state, backend=name)
+            return (y, *st)
+
+        table.add("wkv", name, "step", B, 1, C, 3 * k.element_size() * B * C + 24 * B * C,
+                  lambda step=step: median_ms(step, device, repeat * 4), step)
 
 
-def lif_rows(B, T, C, dtype, device, repeat, impls):
+def lif_rows(table, B, T, C, dtype, device, repeat, impls):
     g = torch.Generator(device="cpu").manual_seed(0)
     x = (torch.randn(B, T, C, generator=g) * 2).to(device, dtype).requires_grad_()
     gs = torch.randn(B, T, C, generator=g).to(device, dtype)
     e = x.element_size()
-    rows = []
     for name in impls:
-        with torch.no_grad():
-            ms = median_ms(lambda name=name: lif(x, backend=name), device, repeat)
-        rows.append(("lif", name, "infer", B, T, C, ms, 2 * e * B * T * C))
-        ms = median_ms(lambda name=name: lif(x, backend=name), device, repeat)
-        rows.append(("lif", name, "fwd", B, T, C, ms, (2 * e + 4) * B * T * C))
+        def infer(name=name):
+            with torch.no_grad():
+                return lif(x, backend=name)
+
+        def fwd(name=name):
+            return lif(x, backend=name)
 
         def fwd_bwd(name=name):
-            torch.autograd.grad(lif(x, backend=name)[0], (x,), gs)
+            s, v = lif(x, backend=name)
+            return (s, v, *_grads(s, (x,), gs))
 
-        rows.append(("lif", name, "fwd+bwd", B, T, C, median_ms(fwd_bwd, device, repeat), (4 * e + 8) * B * T * C))
-    return rows
+        table.add("lif", name, "infer", B, T, C, 2 * e * B * T * C, lambda f=infer: median_ms(f, device, repeat), infer)
+        table.add("lif", name, "fwd", B, T, C, (2 * e + 4) * B * T * C, lambda f=fwd: median_ms(f, device, repeat),
+                  fwd)
+        table.add("lif", name, "fwd+bwd", B, T, C, (4 * e + 8) * B * T * C,
+                  lambda f=fwd_bwd: median_ms(f, device, repeat), fwd_bwd)
 
 
-def fusion_rows(B, T, C, dtype, device, repeat, impls):
-    """The gate op a fused gate+LIF kernel would absorb, and the LIF, both fwd+bwd."""
+def fusion_rows(table, B, T, C, dtype, device, repeat, impls):
+    """The gate op a fused gate+LIF kernel would absorb, and gate then LIF, both fwd+bwd."""
     g = torch.Generator(device="cpu").manual_seed(0)
     r, kv = ((torch.randn(B, T, C, generator=g) * 2).to(device, dtype).requires_grad_() for _ in range(2))
     gx = torch.randn(B, T, C, generator=g).to(device, dtype)
     e = r.element_size()
 
     def gate():
-        torch.autograd.grad(torch.sigmoid(r) * kv, (r, kv), gx)
+        x = torch.sigmoid(r) * kv
+        return (x, *_grads(x, (r, kv), gx))
 
     # gate fwd: read r, kv, write x (3e); bwd: read dx, r, kv, write dr, dkv (5e)
-    rows = [("gate", "torch", "fwd+bwd", B, T, C, median_ms(gate, device, repeat), 8 * e * B * T * C)]
+    table.add("gate", "torch", "fwd+bwd", B, T, C, 8 * e * B * T * C, lambda: median_ms(gate, device, repeat))
     for name in impls:
         def both(name=name):
-            x = torch.sigmoid(r) * kv
-            torch.autograd.grad(lif(x, backend=name)[0], (r, kv), gx)
+            s, _ = lif(torch.sigmoid(r) * kv, backend=name)
+            return (s, *_grads(s, (r, kv), gx))
 
-        rows.append(("gate+lif", name, "fwd+bwd", B, T, C, median_ms(both, device, repeat),
-                     (8 * e + 4 * e + 8) * B * T * C))
-    return rows
+        table.add("gate+lif", name, "fwd+bwd", B, T, C, (8 * e + 4 * e + 8) * B * T * C,
+                  lambda f=both: median_ms(f, device, repeat), both)
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """The issue's targets, checked against the rows of this run (for every shape measured):
+    Triton WKV fwd+bwd at least fla's speed and >= 60% of copy bandwidth, Triton LIF fwd+bwd >= 70%,
+    the T = 1 step not slower than the PyTorch step, whole-model training >= 35% MFU; and the largest
+    disagreement between an implementation and the PyTorch path."""
+    ok = [r for r in rows if "ms" in r and r.get("op") != "model"]
+    lines = []
+
+    def verdict(name, values, target, fmt):
+        if not values:
+            return
+        worst = min(values)
+        lines.append(f"{name}: worst {fmt(worst)} (target {fmt(target)}): {'met' if worst >= target else 'NOT met'}")
+
+    def sel(op, impl, pas):
+        return [r for r in ok if (r["op"], r["impl"], r["pass"]) == (op, impl, pas)]
+
+    def shape(r):
+        return r["B"], r["T"], r["C"]
+
+    pct, times = "{:.0%}".format, "{:.2f}x".format
+    verdict("Triton WKV fwd+bwd, share of copy bandwidth", [r["copy_share"] for r in sel("wkv", "triton", "fwd+bwd")],
+            0.60, pct)
+    verdict("Triton LIF fwd+bwd, share of copy bandwidth", [r["copy_share"] for r in sel("lif", "triton", "fwd+bwd")],
+            0.70, pct)
+    fla = {shape(r): r["ms"] for r in sel("wkv", "fla", "fwd+bwd")}
+    verdict("Triton WKV fwd+bwd, speed relative to fla",
+            [fla[shape(r)] / r["ms"] for r in sel("wkv", "triton", "fwd+bwd") if shape(r) in fla], 1.0, times)
+    verdict("Triton WKV T=1 step, speed relative to the PyTorch step",
+            [r["speedup_vs_torch"] for r in sel("wkv", "triton", "step") if "speedup_vs_torch" in r], 1.0, times)
+    verdict("model training, MFU", [r["mfu"] for r in rows if r.get("op") == "model" and r.get("mfu")], 0.35, pct)
+    errs = [(r["err_vs_torch"], r) for r in ok if "err_vs_torch" in r]
+    if errs:
+        e, r = max(errs, key=lambda x: x[0])
+        lines.append(f"largest relative error against the PyTorch path: {e:.1e} ({r['op']} {r['impl']} {r['pass']} "
+                     f"B={r['B']} T={r['T']} C={r['C']})")
+    failed = [r for r in rows if "error" in r]
+    lines.append(f"rows that failed: {len(failed)}")
+    return lines
 
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
@@ -176,7 +285,7 @@ def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, co
         from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
     except ImportError as e:  # the model is optional for this script
         print(f"model: skipped ({e})")
-        return []
+        return {"op": "model", "error": f"skipped: {e}"}
     cfg = SpikeGPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, context_length=ctx)
     model = SpikeGPTForCausalLM(cfg).to(device)
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -199,9 +308,10 @@ def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, co
     mfu = 6 * matmul_params * tok_s / (peak_tflops * 1e12) if peak_tflops else None
     print(f"\nmodel {layers} x {width}, vocab {vocab}, B={batch}, T={ctx}, {matmul_params / 1e6:.1f}M matmul params"
           f"{' (compiled)' if compile_model else ''}: {ms:.1f} ms/step, {tok_s:,.0f} tokens/s, MFU "
-          + (f"{100 * mfu:.1f}% of {peak_tflops:.0f} TFLOPS" if mfu is not None else "n/a (pass --peak-tflops)"))
-    return [{"op": "model", "ms": ms, "tokens_per_s": tok_s, "mfu": mfu, "batch": batch, "ctx": ctx,
-             "layers": layers, "width": width, "vocab": vocab, "matmul_params": matmul_params}]
+          + (f"{100 * mfu:.1f}% of {peak_tflops:.0f} TFLOPS" if mfu is not None else "n/a (pass --peak-tflops)"),
+          flush=True)
+    return {"op": "model", "ms": ms, "tokens_per_s": tok_s, "mfu": mfu, "batch": batch, "ctx": ctx,
+            "layers": layers, "width": width, "vocab": vocab, "matmul_params": matmul_params}
 
 
 def main():
@@ -236,65 +346,59 @@ def main():
     Cs = args.width or ([768, 2048] if cuda else [256, 768])
     repeat = args.repeat or (20 if cuda else 3)
     impls = args.impls or (["triton", "torch"] if cuda else ["torch"])
+    impls = sorted(impls, key=lambda n: n != "torch")  # torch first: every other row is compared with it
     fla = _fla_wkv() if cuda else None
 
     bw = copy_bandwidth(device, repeat)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     print(f"device: {name}; torch {torch.__version__}; dtype {dtype}; copy bandwidth {bw:.0f} GB/s; "
-          f"fla {'found' if fla else 'not importable'}")
-    rows = []
+          f"fla {'found' if fla else 'not importable'}", flush=True)
+    table = Table(bw, {"device": name, "torch": torch.__version__, "dtype": str(dtype), "copy_gb_s": bw}, args.json)
     for T in Ts:
         for C in Cs:
             if "wkv" in args.ops:
-                rows += wkv_rows(B, T, C, dtype, device, repeat, impls, fla)
+                wkv_rows(table, B, T, C, dtype, device, repeat, impls, fla)
             if "lif" in args.ops:
-                rows += lif_rows(B, T, C, dtype, device, repeat, impls)
+                lif_rows(table, B, T, C, dtype, device, repeat, impls)
             if args.fusion:
-                rows += fusion_rows(B, T, C, dtype, device, repeat, impls)
+                fusion_rows(table, B, T, C, dtype, device, repeat, impls)
     if "step" in args.ops:
         for Bs in (1, 8):
             for C in Cs:
-                rows += wkv_step_rows(Bs, C, dtype, device, repeat, impls)
-
-    base = {(r[0], r[2], r[3], r[4], r[5]): r[6] for r in rows if r[1] == "torch"}
-    head = ("op", "impl", "pass", "B", "T", "C", "ms", "GB/s", "% copy", "vs torch")
-    print("\n{:<9}{:<8}{:<9}{:>3}{:>6}{:>6}{:>11}{:>9}{:>8}{:>10}".format(*head))
-    out = []
-    for op, impl, pas, b, t, c, ms, nbytes in rows:
-        gbs = nbytes / (ms / 1e3) / GB
-        ref = base.get((op, pas, b, t, c))
-        speed = f"{ref / ms:.2f}x" if ref else "-"
-        print(f"{op:<9}{impl:<8}{pas:<9}{b:>3}{t:>6}{c:>6}{ms:>11.3f}{gbs:>9.1f}{100 * gbs / bw:>7.1f}%{speed:>10}")
-        out.append(dict(op=op, impl=impl, pass_=pas, B=b, T=t, C=c, ms=ms, gb_s=gbs, copy_share=gbs / bw))
+                wkv_step_rows(table, Bs, C, dtype, device, repeat, impls)
 
     if args.sweep and "triton" in impls:
         from spikegpt.kernels.wkv_triton import wkv_triton
 
-        print("\nTriton WKV launch shapes (fwd+bwd, ms):")
+        print("\nTriton WKV launch shapes (impl tL x R: L unrolled tokens, a checkpoint every R loops):", flush=True)
         T, C = Ts[-1], Cs[-1]
         g = torch.Generator(device="cpu").manual_seed(0)
         td, tf = (torch.randn(C, generator=g).to(device).requires_grad_() for _ in range(2))
-        k, v, gy = (torch.randn(B, T, C, generator=g).to(device, dtype) for _ in range(3))
-        k.requires_grad_()
-        v.requires_grad_()
+        k, v = (torch.randn(B, T, C, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
+        gy = torch.randn(B, T, C, generator=g).to(device, dtype)
         for unroll, groups in ((8, 8), (16, 4), (16, 8), (32, 2)):
             def fb(unroll=unroll, groups=groups):
                 y = wkv_triton(td, tf, k, v, unroll=unroll, groups=groups)[0]
-                torch.autograd.grad(y, (td, tf, k, v), gy)
+                return (y, *_grads(y, (td, tf, k, v), gy))
 
-            ms = median_ms(fb, device, repeat)
-            gbs = 8 * k.element_size() * B * T * C / ms / 1e6
-            print(f"  unroll {unroll:>2} groups {groups}: {ms:.3f} ms  ({gbs:.0f} GB/s, {100 * gbs / bw:.0f}% of copy)")
+            table.add("wkv", f"t{unroll}x{groups}", "fwd+bwd", B, T, C, 8 * k.element_size() * B * T * C,
+                      lambda f=fb: median_ms(f, device, repeat), fb)
 
     if args.model:
         b, t, layers, width, vocab = args.model_shape
         if not cuda and args.model_shape == ap.get_default("model_shape"):
             b, t, layers, width, vocab = 2, 128, 4, 256, 4096  # a shape a CPU finishes
-        out += model_rows(device, max(3, repeat // 4), b, t, layers, width, vocab, args.peak_tflops, args.compile)
+        try:
+            row = model_rows(device, max(3, repeat // 4), b, t, layers, width, vocab, args.peak_tflops, args.compile)
+        except Exception as e:  # e.g. out of memory: keep the kernel table
+            row = {"op": "model", "error": f"{type(e).__name__}: {e}"[:300]}
+            print(f"\nmodel: FAILED {row['error']}", flush=True)
+        table.save(row)
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "copy_gb_s": bw, "rows": out}, f, indent=1)
+    where = table.meta["device"] + ("" if cuda else "; Triton rows here are the interpreter: timings mean nothing")
+    print(f"\ngoals ({where}):", flush=True)
+    for line in goals(table.rows):
+        print("  " + line, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ class SpikeGPTConfig(PretrainedConfig):
             times each position's largest logit to that logit's gradient (original: 1e-4); 0 turns it off.
         context_length: the training block length of recipes. The model itself has no context limit.
         initializer_range: scale of the head initialisation (see ``SpikeGPTPreTrainedModel._init_weights``).
+        kernel_backend: implementation of the WKV and LIF ops: None (automatic: Triton on CUDA tensors,
+            PyTorch elsewhere), "torch" or "triton" (forced; "triton" on CPU tensors raises a ValueError
+            outside the Triton interpreter). A run-time choice: it does not change the math.
 
     ``pad_token_id`` and ``eos_token_id`` default to None; recipes set them from their tokenizer. Note that
     ``generate()`` infers an attention mask from ``pad_token_id`` when none is given, so a pad id that is
@@ -53,6 +56,7 @@ class SpikeGPTConfig(PretrainedConfig):
         l2wrap_coef: float = 0.0,
         context_length: int = 1024,
         initializer_range: float = 0.02,
+        kernel_backend: str | None = None,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -62,6 +66,8 @@ class SpikeGPTConfig(PretrainedConfig):
     ):
         if surrogate not in SURROGATES:
             raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(SURROGATES)}")
+        if kernel_backend not in (None, "torch", "triton"):
+            raise ValueError(f"kernel_backend must be None (automatic), 'torch' or 'triton', got {kernel_backend!r}")
         if tau <= 1.0:
             raise ValueError(f"tau must be > 1 (the leak 1 - 1/tau must lie in (0, 1)), got {tau}")
         self.vocab_size = vocab_size
@@ -80,6 +86,7 @@ class SpikeGPTConfig(PretrainedConfig):
         self.l2wrap_coef = l2wrap_coef
         self.context_length = context_length
         self.initializer_range = initializer_range
+        self.kernel_backend = kernel_backend
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,

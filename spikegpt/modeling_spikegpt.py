@@ -85,6 +85,7 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
         self.output.feeds_lif = True
+        self.backend = config.kernel_backend
 
     def forward(self, z, shift, wkv_state, mask):
         """z: (B, T, C) normalised input; shift: (B, C); wkv_state: (num, den, max). Returns (y, shift, wkv_state)."""
@@ -93,7 +94,7 @@ class TimeMix(nn.Module):
         k = self.key(mix(zz, dz, self.time_mix_k))
         v = self.value(mix(zz, dz, self.time_mix_v))
         r = self.receptance(mix(zz, dz, self.time_mix_r))
-        y, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, mask=mask)
+        y, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, mask=mask, backend=self.backend)
         return self.output(torch.sigmoid(r) * y), shift, wkv_state
 
 
@@ -153,6 +154,7 @@ class LIF(nn.Module):
         self.kwargs = dict(
             tau=config.tau, threshold=config.threshold, v_reset=config.v_reset,
             detach_reset=config.detach_reset, surrogate=config.surrogate, alpha=config.surrogate_alpha,
+            backend=config.kernel_backend,
         )
 
     def forward(self, x, mem, mask):
@@ -311,6 +313,10 @@ def _validate_input_ids(input_ids, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids is empty (seq_len = 0)")
+    if torch.compiler.is_compiling():
+        # Reading min/max back to the host would break a compiled graph; there the embedding's own index
+        # check reports an out-of-range id instead.
+        return
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
@@ -364,7 +370,7 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
                     f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(attention_mask.shape)}"
                 )
             mask = attention_mask.bool()
-            if bool(mask.all()):
+            if not torch.compiler.is_compiling() and bool(mask.all()):
                 mask = None  # nothing to hold: take the plain path
         dtype = self.emb.weight.dtype
         if state is None:

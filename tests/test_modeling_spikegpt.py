@@ -1,5 +1,7 @@
 """SpikeGPT model: exact against an independent reference, parallel == recurrent, padding, HF contract."""
 
+import os
+
 import pytest
 import torch
 from reference_model import reference_logits, to_original_layout
@@ -242,6 +244,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
                                                                               num_hidden_layers=4))
     with pytest.raises(ValueError, match="surrogate"):
         SpikeGPTConfig(surrogate="nope")
+    with pytest.raises(ValueError, match="kernel_backend"):
+        SpikeGPTConfig(kernel_backend="cuda")
 
 
 def test_state_helpers():
@@ -251,3 +255,65 @@ def test_state_helpers():
     sel = st.index_select(torch.tensor([2, 0]))
     assert sel.batch_size == 2
     assert st.repeat_interleave(2).batch_size == 6
+
+
+def _loss_logits_state_grads(model, ids, mask, state, call=None):
+    """One training-style call of ``call`` (default: ``model``) with a padding mask and an incoming state:
+    (loss, logits, state, gradients of ``model``'s parameters)."""
+    model.zero_grad(set_to_none=True)
+    out = (model if call is None else call)(ids, attention_mask=mask, labels=ids, state=state, use_cache=True)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.loss.detach(), out.logits.detach(), out.state, grads
+
+
+# The Triton-backend tests run on CPU through the interpreter; benchmarks/gpu_check.sh runs them on CUDA.
+DEVICE = torch.device(os.environ.get("SPIKEGPT_TEST_DEVICE", "cpu"))
+
+
+def _compile_inputs(model):
+    ids = ids_for(model, 2, 9)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0  # a left-padded row
+    state = SpikeGPTState.empty(model.config, 2, dtype=torch.float32)
+    state.att_mem.uniform_(0, 1, generator=torch.Generator().manual_seed(3))  # a mid-sequence membrane
+    return ids.to(DEVICE), mask.to(DEVICE), state.to(DEVICE)
+
+
+def test_triton_backend_model_matches_torch_backend():
+    """``kernel_backend="triton"`` (the Triton interpreter here) gives the PyTorch path's loss, logits, state
+    and every parameter gradient, with padding and an incoming state."""
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2)
+    results = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = SpikeGPTForCausalLM(SpikeGPTConfig(kernel_backend=backend, **cfg)).to(DEVICE)
+        results.append(_loss_logits_state_grads(model, *_compile_inputs(model)))
+    (l0, y0, s0, g0), (l1, y1, s1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(s1.tensors(), s0.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_torch_compile_traces_whole_model_without_graph_breaks(backend):
+    """``torch.compile(model, fullgraph=True)`` (which raises at any graph break) traces the whole causal LM,
+    ops included, forward and backward, and matches eager."""
+    torch.manual_seed(0)
+    model = SpikeGPTForCausalLM(SpikeGPTConfig(vocab_size=23, hidden_size=12, num_hidden_layers=2,
+                                               kernel_backend=backend)).to(DEVICE)
+    inputs = _compile_inputs(model)
+    eager = _loss_logits_state_grads(model, *inputs)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    got = _loss_logits_state_grads(model, *inputs, call=compiled)
+    torch.testing.assert_close(got[0], eager[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[1], eager[1], rtol=1e-6, atol=1e-6)
+    for a, b in zip(got[2].tensors(), eager[2].tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for n in eager[3]:
+        torch.testing.assert_close(got[3][n], eager[3][n], rtol=1e-5, atol=1e-6, msg=n)

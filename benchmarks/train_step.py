@@ -14,7 +14,7 @@ import argparse
 import json
 
 import torch
-from _timing import median_time
+from _timing import interleaved_medians
 from transformers import RwkvConfig, RwkvForCausalLM
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
@@ -68,17 +68,16 @@ def main():
         RwkvConfig(vocab_size=args.vocab, hidden_size=args.width, num_hidden_layers=args.layers,
                    attention_hidden_size=args.width, intermediate_size=4 * args.width, context_length=args.ctx)
     ).train()
-    rows = {}
-    rows["spikegpt"] = median_time(step_fn(ours, ids), repeat=args.repeat)
-    rows["spikegpt (spiking=False)"] = median_time(
-        step_fn(SpikeGPTForCausalLM(SpikeGPTConfig(vocab_size=args.vocab, hidden_size=args.width,
-                                                   num_hidden_layers=args.layers, spiking=False)).train(), ids),
-        repeat=args.repeat,
-    )
-    rows["HF RwkvForCausalLM"] = median_time(step_fn(hf, ids), repeat=args.repeat)
-    rows["Linear layers alone"] = median_time(linear_floor_fn(ours, ids), repeat=args.repeat)
+    steps = {
+        "spikegpt": step_fn(ours, ids),
+        "spikegpt (spiking=False)": step_fn(SpikeGPTForCausalLM(SpikeGPTConfig(
+            vocab_size=args.vocab, hidden_size=args.width, num_hidden_layers=args.layers, spiking=False)).train(), ids),
+        "HF RwkvForCausalLM": step_fn(hf, ids),
+        "Linear layers alone": linear_floor_fn(ours, ids),
+    }
+    rows = interleaved_medians(steps, args.repeat)
     print(f"training step, {args.layers} x {args.width}, vocab {args.vocab}, B={args.batch}, T={args.ctx}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat}")
+          f"{torch.get_num_threads()} threads, median of {args.repeat} interleaved rounds")
     print(f"{'':28s} {'s/step':>8s} {'tokens/s':>10s}")
     for name, t in rows.items():
         print(f"{name:28s} {t:8.3f} {tokens / t:10.0f}")

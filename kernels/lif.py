@@ -34,10 +34,10 @@ def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
     dt = compute_dtype(x)
     decay = 1.0 - 1.0 / tau
     base = 0.0 if v_reset is None else v_reset
-    drive = x.to(dt).transpose(0, 1) * (-1.0 / tau)  # (T, B, C), negated
+    T, B, C = x.shape[1], x.shape[0], x.shape[2]
+    drive = torch.mul(x.to(dt).transpose(0, 1), -1.0 / tau, out=x.new_empty(T, B, C, dtype=dt))  # negated
     if base != 0.0:
-        drive = drive - base / tau
-    drive = drive.contiguous()
+        drive.sub_(base / tau)
     H = torch.empty_like(drive)  # holds -h until the end
     n = -v0.to(dt)
     for t, (d_t, h_t) in enumerate(zip(drive.unbind(0), H.unbind(0))):

@@ -435,8 +435,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, l2wrap_coef: floa
             f"labels must have shape (batch, seq_len) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
         )
     V = logits.shape[-1]
-    lg = logits[:, :-1].reshape(-1, V)
-    tg = labels[:, 1:].reshape(-1).to(lg.device)
+    # Shift the labels, not the logits: the logits stay a view (no (B, T, V) copy forward or backward);
+    # the last position of each row gets the ignored label.
+    lg = logits.reshape(-1, V)
+    tg = F.pad(labels[:, 1:].to(lg.device), (0, 1), value=-100).reshape(-1)
     loss = F.cross_entropy(lg.float(), tg, ignore_index=-100)
     if l2wrap_coef > 0 and torch.is_grad_enabled():
         keep = tg != -100

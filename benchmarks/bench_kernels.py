@@ -7,7 +7,8 @@
     python benchmarks/bench_kernels.py --sweep               # CUDA: the Triton WKV under other launch shapes
 
 Rows: for each op, shape and pass (fwd, fwd+bwd), every implementation that can run here: ``triton``
-(CUDA only), ``torch`` (the PyTorch path, every device) and, for WKV, ``fla`` (flash-linear-attention's
+(CUDA only; for WKV also ``tchunk``, the chunk-parallel Triton design of ``wkv_triton_chunked.py``),
+``torch`` (the PyTorch path, every device) and, for WKV, ``fla`` (flash-linear-attention's
 ``fla.ops.rwkv4.fused_recurrent_rwkv4``, when importable). Columns: median milliseconds, achieved GB/s
 over the op's minimal traffic (below), that as a share of this device's measured copy bandwidth
 (``dst.copy_(src)``, read + write), and the speed-up over ``torch`` in the same run.
@@ -157,6 +158,10 @@ def wkv_rows(table, B, T, C, dtype, device, repeat, impls, fla):
     gy = torch.randn(B, T, C, generator=g).to(device, dtype)
     e = k.element_size()
     calls = {name: (lambda name=name: wkv(td, tf, k, v, backend=name)[0]) for name in impls}
+    if "triton" in impls:  # the chunk-parallel design, measured against the per-channel one
+        from spikegpt.kernels.wkv_triton_chunked import wkv_triton_chunked
+
+        calls["tchunk"] = lambda: wkv_triton_chunked(td, tf, k, v)[0]
     if fla is not None:
         calls["fla"] = lambda: fla(td, tf, k, v)[0]
     for name, call in calls.items():
@@ -257,13 +262,15 @@ def goals(rows: list[dict]) -> list[str]:
         return r["B"], r["T"], r["C"]
 
     pct, times = "{:.0%}".format, "{:.2f}x".format
-    verdict("Triton WKV fwd+bwd, share of copy bandwidth", [r["copy_share"] for r in sel("wkv", "triton", "fwd+bwd")],
-            0.60, pct)
+    fla = {shape(r): r["ms"] for r in sel("wkv", "fla", "fwd+bwd")}
+    for impl, design in (("triton", "per-channel"), ("tchunk", "chunk-parallel")):
+        rows_fb = sel("wkv", impl, "fwd+bwd")
+        verdict(f"Triton WKV ({design}) fwd+bwd, share of copy bandwidth", [r["copy_share"] for r in rows_fb],
+                0.60, pct)
+        verdict(f"Triton WKV ({design}) fwd+bwd, speed relative to fla",
+                [fla[shape(r)] / r["ms"] for r in rows_fb if shape(r) in fla], 1.0, times)
     verdict("Triton LIF fwd+bwd, share of copy bandwidth", [r["copy_share"] for r in sel("lif", "triton", "fwd+bwd")],
             0.70, pct)
-    fla = {shape(r): r["ms"] for r in sel("wkv", "fla", "fwd+bwd")}
-    verdict("Triton WKV fwd+bwd, speed relative to fla",
-            [fla[shape(r)] / r["ms"] for r in sel("wkv", "triton", "fwd+bwd") if shape(r) in fla], 1.0, times)
     verdict("Triton WKV T=1 step, speed relative to the PyTorch step",
             [r["speedup_vs_torch"] for r in sel("wkv", "triton", "step") if "speedup_vs_torch" in r], 1.0, times)
     verdict("model training, MFU", [r["mfu"] for r in rows if r.get("op") == "model" and r.get("mfu")], 0.35, pct)
@@ -383,6 +390,15 @@ def main():
 
             table.add("wkv", f"t{unroll}x{groups}", "fwd+bwd", B, T, C, 8 * k.element_size() * B * T * C,
                       lambda f=fb: median_ms(f, device, repeat), fb)
+        from spikegpt.kernels.wkv_triton_chunked import wkv_triton_chunked
+
+        for chunk in (16, 64):  # the chunk-parallel design at other chunk lengths (default 32)
+            def fbc(chunk=chunk):
+                y = wkv_triton_chunked(td, tf, k, v, chunk=chunk)[0]
+                return (y, *_grads(y, (td, tf, k, v), gy))
+
+            table.add("wkv", f"tc{chunk}", "fwd+bwd", B, T, C, 8 * k.element_size() * B * T * C,
+                      lambda f=fbc: median_ms(f, device, repeat), fbc)
 
     if args.model:
         b, t, layers, width, vocab = args.model_shape

@@ -34,7 +34,8 @@ else
     export TRITON_INTERPRET=0 SPIKEGPT_TEST_DEVICE=cuda
     bench_args=()
     model=tests/test_modeling_spikegpt.py
-    test_args=(tests/kernels/test_wkv_triton.py tests/kernels/test_lif_triton.py tests/kernels/test_custom_ops.py
+    test_args=(tests/kernels/test_wkv_triton.py tests/kernels/test_wkv_triton_chunked.py
+               tests/kernels/test_lif_triton.py tests/kernels/test_custom_ops.py
                "$model::test_triton_backend_model_matches_torch_backend"
                "$model::test_torch_compile_traces_whole_model_without_graph_breaks")
 fi

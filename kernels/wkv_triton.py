@@ -44,8 +44,11 @@ that is ~0.35 ms for B = 8, T = 4096, C = 2048, several times the ~0.08 ms its f
 each keeping 8 tokens in flight, a memory latency of ~0.6 us is covered only partly, so expect it to
 be latency-bound (on the order of 0.1-0.3 ms at T = 4096) rather than at copy bandwidth, and to gain from
 a deeper queue. The queue depth, ``UNROLL``, ``GROUPS`` and ``BLOCK_C`` are the knobs to tune there
-(``--sweep``). Compile time for the backward grows quickly with ``UNROLL`` (16: ~20 s, 32: ~90 s on a
-slow CPU, once per dtype and mask setting, cached by Triton).
+(``--sweep``). The chunk-parallel form is built too, in ``wkv_triton_chunked.py`` (T / 32 times the threads,
+the inputs read twice, no exponential-heavy scan), tested like this one and timed beside it (rows
+``triton`` and ``tchunk``), so one GPU run settles which one ``wkv`` should dispatch to. Compile time
+for the backward grows quickly with ``UNROLL`` (16: ~20 s, 32: ~90 s on a slow CPU, once per dtype and
+mask setting, cached by Triton).
 
 Integration: the launchers are ``torch.library.custom_op``s (``spikegpt::wkv_fwd``, ``spikegpt::wkv_bwd``)
 with fake implementations and autograd, so ``torch.compile`` traces ``wkv`` without graph breaks. Under

@@ -75,16 +75,19 @@ def test_goal_verdicts():
     rows = [
         row("wkv", "triton", "fwd+bwd", copy_share=0.65, ms=2.0, err_vs_torch=3e-3),
         row("wkv", "fla", "fwd+bwd", ms=3.0),
-        row("lif", "triton", "fwd+bwd", copy_share=0.65),
+        row("wkv", "tchunk", "fwd+bwd", copy_share=0.55, ms=1.5),
+        row("lif", "triton", "fwd+bwd"),
         row("wkv", "triton", "step", speedup_vs_torch=0.8),
         {"op": "model", "mfu": 0.4},
         {"op": "lif", "impl": "triton", "pass": "fwd", "error": "boom"},
     ]
     lines = bench.goals(rows)
     text = "\n".join(lines)
-    assert "share of copy bandwidth: worst 65% (target 60%): met" in lines[0]
-    assert "LIF" in lines[1] and lines[1].endswith("NOT met")
-    assert "relative to fla: worst 1.50x (target 1.00x): met" in text
+    assert "WKV (per-channel) fwd+bwd, share of copy bandwidth: worst 65% (target 60%): met" in text
+    assert "LIF fwd+bwd, share of copy bandwidth: worst 50% (target 70%): NOT met" in text
+    assert "WKV (per-channel) fwd+bwd, speed relative to fla: worst 1.50x (target 1.00x): met" in text
+    assert "WKV (chunk-parallel) fwd+bwd, share of copy bandwidth: worst 55% (target 60%): NOT met" in text
+    assert "WKV (chunk-parallel) fwd+bwd, speed relative to fla: worst 2.00x (target 1.00x): met" in text
     assert "step, speed relative to the PyTorch step: worst 0.80x (target 1.00x): NOT met" in text
     assert "MFU: worst 40% (target 35%): met" in text
     assert "3.0e-03 (wkv triton fwd+bwd" in text

@@ -138,7 +138,7 @@ def test_cpu_machine_never_launches_triton():
 
 @pytest.mark.slow
 def test_gpu_code_compiles_for_sm90_without_a_gpu():
-    """The compiled (non-interpreted) path: every kernel lowers to PTX and cubin for an H100/H200
+    """The compiled (non-interpreted) path: every kernel (both WKV designs) lowers to PTX and cubin for an H100/H200
     (sm_90) with runtime loop bounds, which the interpreter never exercises. Small unroll lengths keep
     compile time down; no launch."""
     code = """
@@ -167,6 +167,17 @@ def test_gpu_code_compiles_for_sm90_without_a_gpu():
         build(lt._lif_bwd_kernel, {**io, **scal, "gs_ptr": bf, "gx_ptr": bf},
               {"NCH_STATIC": 0, "L": 2, "BLOCK": 32, "HAS_MASK": True, "HAS_GS": True, "SOFT": surrogate == 2,
                "DETACH": surrogate == 3, "SURROGATE": surrogate})
+    from spikegpt.kernels import wkv_triton_chunked as wc
+
+    for mask in (False, True):
+        kv = {**io, "k_ptr": bf, "v_ptr": bf}
+        build(wc._chunk_end_kernel, kv, {"L": 4, "BLOCK": 32, "HAS_MASK": mask})
+        build(wc._chunk_out_kernel, {**kv, "y_ptr": bf}, {"L": 4, "BLOCK": 32, "HAS_MASK": mask})
+        build(wc._chunk_adj_kernel, {**kv, "gy_ptr": bf, "last_ptr": "*i32"}, {"L": 4, "BLOCK": 32, "HAS_MASK": mask})
+        build(wc._chunk_grad_kernel, {**kv, "gy_ptr": bf, "gk_ptr": bf, "gv_ptr": bf},
+              {"L": 4, "BLOCK": 32, "HAS_MASK": mask})
+    build(wc._chunk_scan_kernel, {"N": "i32", "C": "i32"}, {"N_STATIC": 0, "BLOCK": 32})
+    build(wc._adj_scan_kernel, {"N": "i32", "C": "i32"}, {"N_STATIC": 0, "BLOCK": 32})
     print("OK")
     """
     r = _run_clean(code)

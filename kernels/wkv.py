@@ -220,23 +220,32 @@ def _wkv_chunked_backward(w, u, k, v, y, kept, state0, stateT, mask, gy, gT, L: 
     gw = wterm.sum((0, 1))
 
     # the returned max: routed along the argmax path of the running max
-    Gp = gp - ga * aT - gb * bT  # dL/dp_T with the unscaled sums held
     sets = k >= P + w  # token t set the running max
-    steps = torch.arange(1, TT + 1, device=k.device).view(1, TT, 1)
     if real is not None:
         sets = sets & real
-        nreal = mask.to(k.dtype).cumsum(1)[..., None]  # real tokens up to and including t
-    else:
-        nreal = steps.to(k.dtype).expand(B, TT, 1)
-    last = torch.where(sets, steps, 0).amax(1)  # (B, C): 1 + index of the last setter, 0 if none
-    has = last > 0
-    idx = (last - 1).clamp(min=0)
-    total = nreal[:, -1]  # (B, 1)
-    after_last = total - torch.gather(nreal.expand(B, TT, C), 1, idx[:, None])[:, 0]
-    gk.scatter_add_(1, idx[:, None], torch.where(has, Gp, 0.0)[:, None])
-    gw = gw + (Gp * torch.where(has, after_last, total)).sum(0)
-    gp0 = ga0 * a0 + gb0 * b0 + torch.where(has, 0.0, Gp)
-    return gw, gu, gk, gv, ga0, gb0, gp0
+    steps = torch.arange(TT, device=k.device).view(1, TT, 1)
+    last = torch.where(sets, steps, -1).amax(1)  # (B, C): the last token that set it, -1 if none
+    gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last, mask, gk)
+    return gw + gw_max, gu, gk, gv, ga0, gb0, ga0 * a0 + gb0 * b0 + gp0_max
+
+
+def route_max_gradient(Gp, last, mask, gk):
+    """Send the gradient of the returned max along the argmax path of the running max.
+
+    The final max is ``k_j + n w`` for the last token j that set it (n: real tokens after j), or the
+    incoming max plus ``n w`` when no token did. Gp (B, C): dL/d(max) with the unscaled sums held;
+    last (B, C): j, or -1; mask: (B, T) or None; gk (B, T, C) fp32/fp64 gains Gp at j in place.
+    Returns the share of dL/dw (C,) and of dL/d(incoming max) (B, C).
+    """
+    B, T, _ = gk.shape
+    has = last >= 0
+    at = last.clamp(min=0)
+    real = torch.ones(B, T, device=gk.device, dtype=gk.dtype) if mask is None else mask.to(gk.dtype)
+    nreal = real.cumsum(1)  # real tokens up to and including t
+    total = nreal[:, -1:]
+    after = total - torch.gather(nreal, 1, at)  # real tokens after j
+    gk.scatter_add_(1, at[:, None], torch.where(has, Gp, 0.0)[:, None])
+    return (Gp * torch.where(has, after, total)).sum(0), torch.where(has, 0.0, Gp)
 
 
 class _WKVFunction(torch.autograd.Function):

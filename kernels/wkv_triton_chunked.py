@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .wkv import _empty_state
+from .wkv import _empty_state, route_max_gradient
 from .wkv_triton import _NEG_INF, _fetch, _scaled_pair, _state_step, _token
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -50,15 +50,21 @@ INTERPRET_BLOCK_C = 256
 
 
 @triton.jit
+def _chunk_program(td_ptr, tf_ptr, C, BLOCK: tl.constexpr):
+    """This program's batch row, chunk, channels (and their bounds mask), w and u."""
+    i_b = tl.program_id(1).to(tl.int64)
+    o_c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m_c = o_c < C
+    w = -tl.exp(tl.load(td_ptr + o_c, mask=m_c, other=0.0))
+    u = tl.load(tf_ptr + o_c, mask=m_c, other=0.0)
+    return i_b, tl.program_id(2), o_c, m_c, w, u
+
+
+@triton.jit
 def _chunk_end_kernel(td_ptr, k_ptr, v_ptr, mask_ptr, end_ptr, T, C,
                       L: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
     """Pass 1: chunk j from an empty state; writes its end state (a, b, p) to end[b, j]."""
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_j = tl.program_id(2)
-    o_c = i_c * BLOCK + tl.arange(0, BLOCK)
-    m_c = o_c < C
-    w = -tl.exp(tl.load(td_ptr + o_c, mask=m_c, other=0.0))
+    i_b, i_j, o_c, m_c, w, _ = _chunk_program(td_ptr, td_ptr, C, BLOCK)
     b_a = tl.zeros([BLOCK], dtype=tl.float32)
     b_b = tl.zeros([BLOCK], dtype=tl.float32)
     b_p = tl.zeros([BLOCK], dtype=tl.float32) + _NEG_INF
@@ -123,13 +129,7 @@ def _load_state(ptr, i_b, j, N, C, o_c, m_c):
 def _chunk_out_kernel(td_ptr, tf_ptr, k_ptr, v_ptr, mask_ptr, ins_ptr, y_ptr, T, C,
                       L: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
     """Pass 3: chunk j from its entering state, writing y."""
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_j = tl.program_id(2)
-    o_c = i_c * BLOCK + tl.arange(0, BLOCK)
-    m_c = o_c < C
-    w = -tl.exp(tl.load(td_ptr + o_c, mask=m_c, other=0.0))
-    u = tl.load(tf_ptr + o_c, mask=m_c, other=0.0)
+    i_b, i_j, o_c, m_c, w, u = _chunk_program(td_ptr, tf_ptr, C, BLOCK)
     b_a, b_b, b_p = _load_state(ins_ptr, i_b, i_j, tl.num_programs(2), C, o_c, m_c)
     for i in range(L):
         t0 = i_j * L + i
@@ -154,6 +154,18 @@ def _rebuild(p_scr, ins_ptr, k_ptr, v_ptr, mask_ptr, w, i_b, i_j, N, T, C, o_c, 
         b_k, b_v, m_r = _fetch(k_ptr, v_ptr, mask_ptr, i_b, i_j * L + i, T, C, o_c, m_c, HAS_MASK)
         b_a, b_b, b_p = _state_step(b_a, b_b, b_p, w, b_k, b_v, m_r)
     return b_p
+
+
+@triton.jit
+def _bwd_prologue(td_ptr, tf_ptr, k_ptr, v_ptr, mask_ptr, ins_ptr, scr_ptr, T, C,
+                  L: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
+    """What both backward chunk passes start with: this program's indices, w and u, its scratch rows
+    filled with the chunk's states, and the max after the chunk."""
+    i_b, i_j, o_c, m_c, w, u = _chunk_program(td_ptr, tf_ptr, C, BLOCK)
+    N = tl.num_programs(2)
+    p_scr = scr_ptr + ((i_b * N + i_j) * tl.num_programs(0) + tl.program_id(0)) * (L * 3 * BLOCK) + tl.arange(0, BLOCK)
+    pn = _rebuild(p_scr, ins_ptr, k_ptr, v_ptr, mask_ptr, w, i_b, i_j, N, T, C, o_c, m_c, L, BLOCK, HAS_MASK)
+    return i_b, i_j, N, o_c, m_c, w, u, p_scr, pn
 
 
 @triton.jit
@@ -183,16 +195,8 @@ def _chunk_adj_kernel(td_ptr, tf_ptr, k_ptr, v_ptr, gy_ptr, mask_ptr, ins_ptr, s
                       L: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
     """Backward pass 1: chunk j backwards from a zero adjoint: (xa, xb) at its start, the product of f over
     it, and the index of the last token in it that set the running max (-1 if none)."""
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_j = tl.program_id(2)
-    N = tl.num_programs(2)
-    o_c = i_c * BLOCK + tl.arange(0, BLOCK)
-    m_c = o_c < C
-    w = -tl.exp(tl.load(td_ptr + o_c, mask=m_c, other=0.0))
-    u = tl.load(tf_ptr + o_c, mask=m_c, other=0.0)
-    p_scr = scr_ptr + ((i_b * N + i_j) * tl.num_programs(0) + i_c) * (L * 3 * BLOCK) + tl.arange(0, BLOCK)
-    pn = _rebuild(p_scr, ins_ptr, k_ptr, v_ptr, mask_ptr, w, i_b, i_j, N, T, C, o_c, m_c, L, BLOCK, HAS_MASK)
+    i_b, i_j, N, o_c, m_c, w, u, p_scr, pn = _bwd_prologue(td_ptr, tf_ptr, k_ptr, v_ptr, mask_ptr, ins_ptr, scr_ptr,
+                                                           T, C, L, BLOCK, HAS_MASK)
     xa = tl.zeros([BLOCK], dtype=tl.float32)
     xb = tl.zeros([BLOCK], dtype=tl.float32)
     prod = tl.zeros([BLOCK], dtype=tl.float32) + 1.0
@@ -255,16 +259,8 @@ def _chunk_grad_kernel(td_ptr, tf_ptr, k_ptr, v_ptr, gy_ptr, mask_ptr, ins_ptr, 
                        L: tl.constexpr, BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
     """Backward pass 3: chunk j backwards from the adjoint arriving at its end: dk, dv, and this chunk's
     share of the time_decay (w) and time_first gradients."""
-    i_c = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_j = tl.program_id(2)
-    N = tl.num_programs(2)
-    o_c = i_c * BLOCK + tl.arange(0, BLOCK)
-    m_c = o_c < C
-    w = -tl.exp(tl.load(td_ptr + o_c, mask=m_c, other=0.0))
-    u = tl.load(tf_ptr + o_c, mask=m_c, other=0.0)
-    p_scr = scr_ptr + ((i_b * N + i_j) * tl.num_programs(0) + i_c) * (L * 3 * BLOCK) + tl.arange(0, BLOCK)
-    pn = _rebuild(p_scr, ins_ptr, k_ptr, v_ptr, mask_ptr, w, i_b, i_j, N, T, C, o_c, m_c, L, BLOCK, HAS_MASK)
+    i_b, i_j, N, o_c, m_c, w, u, p_scr, pn = _bwd_prologue(td_ptr, tf_ptr, k_ptr, v_ptr, mask_ptr, ins_ptr, scr_ptr,
+                                                           T, C, L, BLOCK, HAS_MASK)
     p_e = ends_ptr + ((i_b * N + i_j) * 2) * C + o_c
     xa = tl.load(p_e, mask=m_c, other=0.0)
     xb = tl.load(p_e + C, mask=m_c, other=0.0)
@@ -349,21 +345,12 @@ class _ChunkedWKV(torch.autograd.Function):
         gw, gu = (torch.empty(B, N, C, device=dev, dtype=torch.float32) for _ in range(2))
         _chunk_grad_kernel[grid3](td, tf, k, v, gy, m, ins, scratch, ends, gk, gv, gw, gu, T, C, L=L, BLOCK=block,
                                   HAS_MASK=mask is not None, num_warps=warps)
-        w = -torch.exp(td)
-        gw = gw.sum((0, 1))
-        # the returned max: along the argmax path of the running max (see wkv._wkv_chunked_backward)
-        Gp = gp - ga * aT - gb * bT
-        idx = last.amax(1)  # (B, C): the last token that set the max, or -1
-        has = idx >= 0
-        at = idx.clamp(min=0).long()
-        nreal = (torch.ones(B, T, device=dev) if mask is None else mask.float()).cumsum(1)  # real tokens <= t
-        total = nreal[:, -1:]
-        after = total - torch.gather(nreal, 1, at)  # real tokens after the setter
         gk_full = gk.float()
-        gk_full.scatter_add_(1, at[:, None], torch.where(has, Gp, 0.0)[:, None])
-        gw = gw + (Gp * torch.where(has, after, total)).sum(0)
-        gp0 = ga0 * a0 + gb0 * b0 + torch.where(has, 0.0, Gp)
+        gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last.amax(1), mask, gk_full)
+        gw = gw.sum((0, 1)) + gw_max
+        gp0 = ga0 * a0 + gb0 * b0 + gp0_max
         gp0 = torch.where(p0 >= -1e38, gp0, 0.0)  # the clamp of the incoming max
+        w = -torch.exp(td)
         return gw * w, gu.sum((0, 1)), gk_full.to(k.dtype), gv, ga0, gb0, gp0, None, None
 
 

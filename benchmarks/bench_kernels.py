@@ -273,7 +273,10 @@ def goals(rows: list[dict]) -> list[str]:
             0.70, pct)
     verdict("Triton WKV T=1 step, speed relative to the PyTorch step",
             [r["speedup_vs_torch"] for r in sel("wkv", "triton", "step") if "speedup_vs_torch" in r], 1.0, times)
-    verdict("model training, MFU", [r["mfu"] for r in rows if r.get("op") == "model" and r.get("mfu")], 0.35, pct)
+    models = [r for r in rows if r.get("op") == "model" and r.get("mfu")]
+    for backend in sorted({str(r.get("backend")) for r in models}):
+        verdict(f"model training ({backend}), MFU", [r["mfu"] for r in models if str(r.get("backend")) == backend],
+                0.35, pct)
     errs = [(r["err_vs_torch"], r) for r in ok if "err_vs_torch" in r]
     if errs:
         e, r = max(errs, key=lambda x: x[0])
@@ -287,13 +290,14 @@ def goals(rows: list[dict]) -> list[str]:
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
 
 
-def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, compile_model):
+def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, compile_model, backend=None):
     try:
         from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
     except ImportError as e:  # the model is optional for this script
         print(f"model: skipped ({e})")
         return {"op": "model", "error": f"skipped: {e}"}
-    cfg = SpikeGPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, context_length=ctx)
+    cfg = SpikeGPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, context_length=ctx,
+                         kernel_backend=backend)
     model = SpikeGPTForCausalLM(cfg).to(device)
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -314,7 +318,8 @@ def model_rows(device, repeat, batch, ctx, layers, width, vocab, peak_tflops, co
         peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     mfu = 6 * matmul_params * tok_s / (peak_tflops * 1e12) if peak_tflops else None
     print(f"\nmodel {layers} x {width}, vocab {vocab}, B={batch}, T={ctx}, {matmul_params / 1e6:.1f}M matmul params"
-          f"{' (compiled)' if compile_model else ''}: {ms:.1f} ms/step, {tok_s:,.0f} tokens/s, MFU "
+          f", kernels {backend or 'automatic'}{' (compiled)' if compile_model else ''}: {ms:.1f} ms/step, "
+          f"{tok_s:,.0f} tokens/s, MFU "
           + (f"{100 * mfu:.1f}% of {peak_tflops:.0f} TFLOPS" if mfu is not None else "n/a (pass --peak-tflops)"),
           flush=True)
     return {"op": "model", "ms": ms, "tokens_per_s": tok_s, "mfu": mfu, "batch": batch, "ctx": ctx,
@@ -404,12 +409,15 @@ def main():
         b, t, layers, width, vocab = args.model_shape
         if not cuda and args.model_shape == ap.get_default("model_shape"):
             b, t, layers, width, vocab = 2, 128, 4, 256, 4096  # a shape a CPU finishes
-        try:
-            row = model_rows(device, max(3, repeat // 4), b, t, layers, width, vocab, args.peak_tflops, args.compile)
-        except Exception as e:  # e.g. out of memory: keep the kernel table
-            row = {"op": "model", "error": f"{type(e).__name__}: {e}"[:300]}
-            print(f"\nmodel: FAILED {row['error']}", flush=True)
-        table.save(row)
+        # on CUDA, the step with each Triton WKV design; elsewhere the automatic choice (the PyTorch path)
+        for backend in (["triton", "triton_chunked"] if "triton" in impls else [None]):
+            try:
+                row = model_rows(device, max(3, repeat // 4), b, t, layers, width, vocab, args.peak_tflops,
+                                 args.compile, backend)
+            except Exception as e:  # e.g. out of memory: keep the kernel table
+                row = {"op": "model", "error": f"{type(e).__name__}: {e}"[:300]}
+                print(f"\nmodel ({backend}): FAILED {row['error']}", flush=True)
+            table.save({**row, "backend": backend})
 
     where = table.meta["device"] + ("" if cuda else "; Triton rows here are the interpreter: timings mean nothing")
     print(f"\ngoals ({where}):", flush=True)

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "triton_chunked")  # triton_chunked: the chunk-parallel Triton WKV
 
 
 def triton_available() -> bool:
@@ -27,21 +27,21 @@ def triton_interpreter() -> bool:
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor, op: str) -> str:
-    """Return ``"torch"`` or ``"triton"`` for running ``op`` on tensors like ``x``.
+    """Return the backend (one of ``BACKENDS``) for running ``op`` on tensors like ``x``.
 
-    Raises ``ValueError`` for an unknown backend, or for ``"triton"`` where it cannot run
+    Raises ``ValueError`` for an unknown backend, or for a Triton one where it cannot run
     (no Triton installed, or CPU tensors outside the interpreter).
     """
     if backend is None:
         return "triton" if x.is_cuda and triton_available() else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {BACKENDS} or None (automatic)")
-    if backend == "triton":
+    if backend.startswith("triton"):
         if not triton_available():
-            raise ValueError(f"{op}: backend='triton' needs the triton package, which is not installed")
+            raise ValueError(f"{op}: backend={backend!r} needs the triton package, which is not installed")
         if not x.is_cuda and not triton_interpreter():
             raise ValueError(
-                f"{op}: backend='triton' cannot run on {x.device.type} tensors; move them to CUDA, "
+                f"{op}: backend={backend!r} cannot run on {x.device.type} tensors; move them to CUDA, "
                 "set TRITON_INTERPRET=1 before importing spikegpt (testing only), or use backend='torch'"
             )
     return backend

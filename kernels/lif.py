@@ -138,7 +138,7 @@ def lif(
         detach_reset: treat the spike as a constant inside the reset term when differentiating.
         surrogate, alpha: the surrogate of dH/dx used by the backward (see ``surrogate.py``).
         mask: optional (B, T); 0 marks padding, where the membrane is held and no spike is emitted.
-        backend: None (automatic), ``"torch"`` or ``"triton"``.
+        backend: None (automatic), ``"torch"`` or ``"triton"`` (``"triton_chunked"`` means ``"triton"`` here).
 
     Returns:
         spikes (B, T, C) in x's dtype with values exactly 0 or 1, and the final membrane (B, C) in
@@ -163,6 +163,8 @@ def lif(
     if v is None:
         v = x.new_zeros(B, C, dtype=compute_dtype(x))
     use = resolve_backend(backend, x, "lif")
+    if use == "triton_chunked":
+        use = "triton"  # one LIF kernel: the chunked choice concerns WKV only
     if use == "triton" and backend is None and x.dtype == torch.float64:
         use = "torch"  # the kernels compute in fp32: automatic choice keeps fp64 on the PyTorch path
     if use == "triton":

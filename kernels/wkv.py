@@ -325,7 +325,8 @@ def wkv(
         k, v: (B, T, C), fp32 / fp16 / bf16 (fp64 on the PyTorch path).
         state: None (empty) or ``(num, den, max)``, each (B, C) fp32 (fp64 for fp64 inputs).
         mask: optional (B, T); 0 marks padding, where the state is held and the output is 0.
-        backend: None (automatic: Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
+        backend: None (automatic: Triton on CUDA, PyTorch elsewhere), ``"torch"``, ``"triton"`` or
+            ``"triton_chunked"`` (the chunk-parallel Triton kernels, ``wkv_triton_chunked.py``).
 
     Returns:
         y: (B, T, C) in v's dtype, and the state after the last token, which continues the sequence
@@ -348,4 +349,8 @@ def wkv(
         from .wkv_triton import wkv_triton
 
         return wkv_triton(time_decay, time_first, k, v, state, mask=mask)
+    if use == "triton_chunked":
+        from .wkv_triton_chunked import wkv_triton_chunked
+
+        return wkv_triton_chunked(time_decay, time_first, k, v, state, mask=mask)
     return _wkv_torch(time_decay, time_first, k, v, state, mask)

@@ -2,9 +2,12 @@
 
     y, state = wkv_triton_chunked(time_decay, time_first, k, v, state=None, mask=None, chunk=None)
 
-Same contract as ``wkv`` (see ``wkv.py`` and ``spec/ops.md``). Not used by automatic dispatch: the issue asks
-for the WKV design to be chosen by measurement on a GPU, and ``benchmarks/bench_kernels.py`` times this
-file (row ``tchunk``) next to the per-channel recurrence of ``wkv_triton`` (row ``triton``).
+Same contract as ``wkv`` (see ``wkv.py`` and ``spec/ops.md``); ``wkv(..., backend="triton_chunked")`` and
+``SpikeGPTConfig(kernel_backend="triton_chunked")`` land here. Not chosen by automatic dispatch yet: the WKV
+design is to be chosen by measurement on a GPU, and ``benchmarks/bench_kernels.py`` times this file (row
+``tchunk``, and the model step) next to the per-channel recurrence of ``wkv_triton`` (row ``triton``).
+Registered as ``torch.library.custom_op``s (``spikegpt::wkv_chunked_fwd`` / ``_bwd``) with fake
+implementations and autograd, so ``torch.compile`` traces it without graph breaks.
 
 Why it may win: ``wkv_triton`` runs one thread per (batch row, channel) through all of T, so B x C threads
 (6144 at B = 8, C = 768) must hide every memory latency with the few tokens each keeps in flight. Here T
@@ -299,59 +302,104 @@ def _real_counts(mask, B, T, L, N, device):
     return torch.nn.functional.pad(m, (0, N * L - T)).view(B, N, L).sum(-1).contiguous()
 
 
-class _ChunkedWKV(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, td, tf, k, v, a0, b0, p0, mask, chunk):  # type: ignore[override]
-        B, T, C = k.shape
-        L, N, block, warps, n_static = _launch(B, T, C, k.is_cuda, chunk)
-        dev = k.device
-        m = mask.to(torch.uint8).contiguous() if mask is not None else k
-        grid3 = (triton.cdiv(C, block), B, N)
-        ends = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
-        _chunk_end_kernel[grid3](td, k, v, m, ends, T, C, L=L, BLOCK=block, HAS_MASK=mask is not None,
-                                 num_warps=warps)
-        n = _real_counts(mask, B, T, L, N, dev)
-        ins = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
-        a, b, p = (torch.empty(B, C, device=dev, dtype=torch.float32) for _ in range(3))
-        _chunk_scan_kernel[grid3[:2]](td, a0, b0, p0, ends, n, ins, a, b, p, N, C, N_STATIC=n_static, BLOCK=block,
-                                      num_warps=warps)
-        y = torch.empty(B, T, C, device=dev, dtype=v.dtype)
-        _chunk_out_kernel[grid3](td, tf, k, v, m, ins, y, T, C, L=L, BLOCK=block, HAS_MASK=mask is not None,
-                                 num_warps=warps)
-        ctx.save_for_backward(td, tf, k, v, a0, b0, p0, ins, a, b, p, mask)
-        ctx.plan = (L, N, block, warps, n_static)
-        return y, a, b, p
+def _fwd_impl(td, tf, k, v, a0, b0, p0, mask, L):
+    B, T, C = k.shape
+    _, N, block, warps, n_static = _launch(B, T, C, k.is_cuda, L)
+    dev = k.device
+    m = mask.to(torch.uint8).contiguous() if mask is not None else k  # a dummy pointer when there is no mask
+    grid3 = (triton.cdiv(C, block), B, N)
+    ends = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
+    _chunk_end_kernel[grid3](td, k, v, m, ends, T, C, L=L, BLOCK=block, HAS_MASK=mask is not None, num_warps=warps)
+    n = _real_counts(mask, B, T, L, N, dev)
+    ins = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
+    a, b, p = (torch.empty(B, C, device=dev, dtype=torch.float32) for _ in range(3))
+    _chunk_scan_kernel[grid3[:2]](td, a0, b0, p0, ends, n, ins, a, b, p, N, C, N_STATIC=n_static, BLOCK=block,
+                                  num_warps=warps)
+    y = torch.empty(B, T, C, device=dev, dtype=v.dtype)
+    _chunk_out_kernel[grid3](td, tf, k, v, m, ins, y, T, C, L=L, BLOCK=block, HAS_MASK=mask is not None,
+                             num_warps=warps)
+    return y, a, b, p, ins
 
-    @staticmethod
-    def backward(ctx, gy, ga, gb, gp):  # type: ignore[override]
-        td, tf, k, v, a0, b0, p0, ins, aT, bT, pT, mask = ctx.saved_tensors
-        L, N, block, warps, n_static = ctx.plan
-        B, T, C = k.shape
-        dev = k.device
-        gy = torch.zeros_like(v) if gy is None else gy.contiguous()
-        ga, gb, gp = (torch.zeros_like(aT) if g is None else g.float().contiguous() for g in (ga, gb, gp))
-        m = mask.to(torch.uint8).contiguous() if mask is not None else k
-        grid3 = (triton.cdiv(C, block), B, N)
-        scratch = torch.empty(B * N * grid3[0] * L * 3 * block, device=dev, dtype=torch.float32)
-        adj = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
-        last = torch.empty(B, N, C, device=dev, dtype=torch.int32)
-        _chunk_adj_kernel[grid3](td, tf, k, v, gy, m, ins, scratch, adj, last, T, C, L=L, BLOCK=block,
-                                 HAS_MASK=mask is not None, num_warps=warps)
-        ends = torch.empty(B, N, 2, C, device=dev, dtype=torch.float32)
-        ga0, gb0 = torch.empty_like(aT), torch.empty_like(aT)
-        _adj_scan_kernel[grid3[:2]](ga, gb, adj, ends, ga0, gb0, N, C, N_STATIC=n_static, BLOCK=block,
-                                    num_warps=warps)
-        gk, gv = torch.empty_like(k), torch.empty_like(v)
-        gw, gu = (torch.empty(B, N, C, device=dev, dtype=torch.float32) for _ in range(2))
-        _chunk_grad_kernel[grid3](td, tf, k, v, gy, m, ins, scratch, ends, gk, gv, gw, gu, T, C, L=L, BLOCK=block,
-                                  HAS_MASK=mask is not None, num_warps=warps)
-        gk_full = gk.float()
-        gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last.amax(1), mask, gk_full)
-        gw = gw.sum((0, 1)) + gw_max
-        gp0 = ga0 * a0 + gb0 * b0 + gp0_max
-        gp0 = torch.where(p0 >= -1e38, gp0, 0.0)  # the clamp of the incoming max
-        w = -torch.exp(td)
-        return gw * w, gu.sum((0, 1)), gk_full.to(k.dtype), gv, ga0, gb0, gp0, None, None
+
+def _bwd_impl(td, tf, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, L):
+    B, T, C = k.shape
+    _, N, block, warps, n_static = _launch(B, T, C, k.is_cuda, L)
+    dev = k.device
+    m = mask.to(torch.uint8).contiguous() if mask is not None else k
+    grid3 = (triton.cdiv(C, block), B, N)
+    scratch = torch.empty(B * N * grid3[0] * L * 3 * block, device=dev, dtype=torch.float32)
+    adj = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
+    last = torch.empty(B, N, C, device=dev, dtype=torch.int32)
+    _chunk_adj_kernel[grid3](td, tf, k, v, gy, m, ins, scratch, adj, last, T, C, L=L, BLOCK=block,
+                             HAS_MASK=mask is not None, num_warps=warps)
+    ends = torch.empty(B, N, 2, C, device=dev, dtype=torch.float32)
+    ga0, gb0 = torch.empty_like(aT), torch.empty_like(aT)
+    _adj_scan_kernel[grid3[:2]](ga, gb, adj, ends, ga0, gb0, N, C, N_STATIC=n_static, BLOCK=block, num_warps=warps)
+    gk, gv = torch.empty_like(k), torch.empty_like(v)
+    gw, gu = (torch.empty(B, N, C, device=dev, dtype=torch.float32) for _ in range(2))
+    _chunk_grad_kernel[grid3](td, tf, k, v, gy, m, ins, scratch, ends, gk, gv, gw, gu, T, C, L=L, BLOCK=block,
+                              HAS_MASK=mask is not None, num_warps=warps)
+    gk_full = gk.float()
+    gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last.amax(1), mask, gk_full)
+    gw = gw.sum((0, 1)) + gw_max
+    gp0 = ga0 * a0 + gb0 * b0 + gp0_max
+    gp0 = torch.where(p0 >= -1e38, gp0, 0.0)  # the clamp of the incoming max
+    return gw * -torch.exp(td), gu.sum((0, 1)), gk_full.to(k.dtype), gv, ga0, gb0, gp0
+
+
+# ---- custom ops: opaque to torch.compile, differentiable through register_autograd ----
+
+_FWD_SCHEMA = (
+    "(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, Tensor a0, Tensor b0, Tensor p0, "
+    "Tensor? mask, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, Tensor a0, Tensor b0, Tensor p0, "
+    "Tensor? mask, Tensor ins, Tensor gy, Tensor ga, Tensor gb, Tensor gp, Tensor aT, Tensor bT, "
+    "Tensor pT, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("spikegpt::wkv_chunked_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def _fwd_op(time_decay, time_first, k, v, a0, b0, p0, mask, chunk):
+    return _fwd_impl(time_decay, time_first, k, v, a0, b0, p0, mask, chunk)
+
+
+@_fwd_op.register_fake
+def _(time_decay, time_first, k, v, a0, b0, p0, mask, chunk):
+    B, T, C = k.shape
+    st = [k.new_empty(B, C, dtype=torch.float32) for _ in range(3)]
+    return (k.new_empty(B, T, C, dtype=v.dtype), *st, k.new_empty(B, (T + chunk - 1) // chunk, 3, C,
+                                                                 dtype=torch.float32))
+
+
+@torch.library.custom_op("spikegpt::wkv_chunked_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def _bwd_op(time_decay, time_first, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, chunk):
+    return _bwd_impl(time_decay, time_first, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, chunk)
+
+
+@_bwd_op.register_fake
+def _(time_decay, time_first, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, chunk):
+    return (torch.empty_like(time_decay), torch.empty_like(time_first), torch.empty_like(k), torch.empty_like(v),
+            torch.empty_like(a0), torch.empty_like(b0), torch.empty_like(p0))
+
+
+def _setup_context(ctx, inputs, output):
+    time_decay, time_first, k, v, a0, b0, p0, mask, chunk = inputs
+    _, aT, bT, pT, ins = output
+    ctx.save_for_backward(time_decay, time_first, k, v, a0, b0, p0, mask, ins, aT, bT, pT)
+    ctx.chunk = chunk
+
+
+def _backward(ctx, gy, ga, gb, gp, _gins):
+    time_decay, time_first, k, v, a0, b0, p0, mask, ins, aT, bT, pT = ctx.saved_tensors
+    gy = torch.zeros_like(k, dtype=v.dtype) if gy is None else gy.contiguous()
+    ga, gb, gp = (torch.zeros_like(aT) if g is None else g.float().contiguous() for g in (ga, gb, gp))
+    grads = _bwd_op(time_decay, time_first, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, ctx.chunk)
+    return (*grads, None, None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def wkv_triton_chunked(
@@ -375,8 +423,14 @@ def wkv_triton_chunked(
     """
     if k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"wkv_triton_chunked: k and v must both be (B, T, C); got {tuple(k.shape)}, {tuple(v.shape)}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"wkv_triton_chunked: {name} must be fp32, fp16 or bf16, got {x.dtype}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"wkv_triton_chunked: chunk must be >= 1, got {chunk}")
     B, T, C = k.shape
+    L = _launch(B, T, C, k.is_cuda, chunk)[0]
     st = _empty_state(B, C, k.device, torch.float32) if state is None else tuple(s.float().contiguous() for s in state)
-    y, a, b, p = _ChunkedWKV.apply(time_decay.float().contiguous(), time_first.float().contiguous(),
-                                   k.contiguous(), v.contiguous(), *st, mask, chunk)
+    y, a, b, p, _ = _fwd_op(time_decay.float().contiguous(), time_first.float().contiguous(), k.contiguous(),
+                            v.contiguous(), *st, mask, L)
     return y, (a, b, p)

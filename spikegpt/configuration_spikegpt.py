@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from spikegpt.kernels._backend import BACKENDS
 from spikegpt.kernels.surrogate import SURROGATES
 
 
@@ -28,8 +29,9 @@ class SpikeGPTConfig(PretrainedConfig):
         context_length: the training block length of recipes. The model itself has no context limit.
         initializer_range: scale of the head initialisation (see ``SpikeGPTPreTrainedModel._init_weights``).
         kernel_backend: implementation of the WKV and LIF ops: None (automatic: Triton on CUDA tensors,
-            PyTorch elsewhere), "torch" or "triton" (forced; "triton" on CPU tensors raises a ValueError
-            outside the Triton interpreter). A run-time choice: it does not change the math.
+            PyTorch elsewhere), "torch", "triton", or "triton_chunked" (the chunk-parallel Triton WKV);
+            a Triton choice on CPU tensors raises a ValueError outside the Triton interpreter. A run-time
+            choice: it does not change the math.
 
     ``pad_token_id`` and ``eos_token_id`` default to None; recipes set them from their tokenizer. Note that
     ``generate()`` infers an attention mask from ``pad_token_id`` when none is given, so a pad id that is
@@ -66,8 +68,8 @@ class SpikeGPTConfig(PretrainedConfig):
     ):
         if surrogate not in SURROGATES:
             raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(SURROGATES)}")
-        if kernel_backend not in (None, "torch", "triton"):
-            raise ValueError(f"kernel_backend must be None (automatic), 'torch' or 'triton', got {kernel_backend!r}")
+        if kernel_backend not in (None, *BACKENDS):
+            raise ValueError(f"kernel_backend must be None (automatic) or one of {BACKENDS}, got {kernel_backend!r}")
         if tau <= 1.0:
             raise ValueError(f"tau must be > 1 (the leak 1 - 1/tau must lie in (0, 1)), got {tau}")
         self.vocab_size = vocab_size

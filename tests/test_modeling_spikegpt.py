@@ -280,15 +280,16 @@ def _compile_inputs(model):
     return ids.to(DEVICE), mask.to(DEVICE), state.to(DEVICE)
 
 
-def test_triton_backend_model_matches_torch_backend():
-    """``kernel_backend="triton"`` (the Triton interpreter here) gives the PyTorch path's loss, logits, state
+@pytest.mark.parametrize("backend", ["triton", "triton_chunked"])
+def test_triton_backend_model_matches_torch_backend(backend):
+    """A Triton ``kernel_backend`` (the Triton interpreter here) gives the PyTorch path's loss, logits, state
     and every parameter gradient, with padding and an incoming state."""
     torch.manual_seed(0)
     cfg = dict(vocab_size=23, hidden_size=12, num_hidden_layers=2)
     results = []
-    for backend in ("torch", "triton"):
+    for name in ("torch", backend):
         torch.manual_seed(0)
-        model = SpikeGPTForCausalLM(SpikeGPTConfig(kernel_backend=backend, **cfg)).to(DEVICE)
+        model = SpikeGPTForCausalLM(SpikeGPTConfig(kernel_backend=name, **cfg)).to(DEVICE)
         results.append(_loss_logits_state_grads(model, *_compile_inputs(model)))
     (l0, y0, s0, g0), (l1, y1, s1, g1) = results
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
@@ -299,7 +300,7 @@ def test_triton_backend_model_matches_torch_backend():
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton_chunked"])
 def test_torch_compile_traces_whole_model_without_graph_breaks(backend):
     """``torch.compile(model, fullgraph=True)`` (which raises at any graph break) traces the whole causal LM,
     ops included, forward and backward, and matches eager."""

@@ -78,7 +78,7 @@ def test_goal_verdicts():
         row("wkv", "tchunk", "fwd+bwd", copy_share=0.55, ms=1.5),
         row("lif", "triton", "fwd+bwd"),
         row("wkv", "triton", "step", speedup_vs_torch=0.8),
-        {"op": "model", "mfu": 0.4},
+        {"op": "model", "mfu": 0.4, "backend": "triton"},
         {"op": "lif", "impl": "triton", "pass": "fwd", "error": "boom"},
     ]
     lines = bench.goals(rows)
@@ -89,6 +89,6 @@ def test_goal_verdicts():
     assert "WKV (chunk-parallel) fwd+bwd, share of copy bandwidth: worst 55% (target 60%): NOT met" in text
     assert "WKV (chunk-parallel) fwd+bwd, speed relative to fla: worst 2.00x (target 1.00x): met" in text
     assert "step, speed relative to the PyTorch step: worst 0.80x (target 1.00x): NOT met" in text
-    assert "MFU: worst 40% (target 35%): met" in text
+    assert "model training (triton), MFU: worst 40% (target 35%): met" in text
     assert "3.0e-03 (wkv triton fwd+bwd" in text
     assert lines[-1] == "rows that failed: 1"

@@ -49,6 +49,22 @@ def test_opcheck_wkv_ops():
     )
 
 
+def test_opcheck_chunked_wkv_ops():
+    """The chunk-parallel WKV's two ops (chunks of 2 tokens: T = 5 gives a ragged last chunk)."""
+    from spikegpt.kernels import wkv_triton_chunked  # noqa: F401  (registers spikegpt::wkv_chunked_*)
+
+    td, tf, k, v, a0, b0, p0, mask, *_ = _wkv_args()
+    torch.library.opcheck(torch.ops.spikegpt.wkv_chunked_fwd.default, (td, tf, k, v, a0, b0, p0, mask, 2))
+    y, a, b, p, ins = torch.ops.spikegpt.wkv_chunked_fwd(td, tf, k, v, a0, b0, p0, mask, 2)
+    gy = torch.randn_like(y)
+    ga, gb, gp = (torch.randn_like(a) for _ in range(3))
+    torch.library.opcheck(
+        torch.ops.spikegpt.wkv_chunked_bwd.default,
+        (td, tf, k.detach(), v.detach(), a0, b0, p0, mask, ins.detach(), gy, ga, gb, gp, a.detach(), b.detach(),
+         p.detach(), 2),
+    )
+
+
 def test_opcheck_lif_ops():
     torch.library.opcheck(torch.ops.spikegpt.lif_fwd.default, _lif_args())
     h = torch.randn(B, T, C, device=DEVICE) + 1

@@ -31,7 +31,7 @@ class SpikeGPTConfig(PretrainedConfig):
         kernel_backend: implementation of the WKV and LIF ops: None (automatic: Triton on CUDA tensors,
             PyTorch elsewhere), "torch", "triton", or "triton_chunked" (the chunk-parallel Triton WKV);
             a Triton choice on CPU tensors raises a ValueError outside the Triton interpreter. A run-time
-            choice: it does not change the math.
+            choice of this machine, not part of the model: it does not change the math and is not saved.
 
     ``pad_token_id`` and ``eos_token_id`` default to None; recipes set them from their tokenizer. Note that
     ``generate()`` infers an attention mask from ``pad_token_id`` when none is given, so a pad id that is
@@ -97,3 +97,10 @@ class SpikeGPTConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    def to_dict(self) -> dict:
+        """The serialisable fields; ``kernel_backend`` is left out, so a model saved on a GPU with
+        ``kernel_backend="triton"`` still loads and runs on a CPU."""
+        out = super().to_dict()
+        out.pop("kernel_backend", None)
+        return out

@@ -248,6 +248,18 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         SpikeGPTConfig(kernel_backend="cuda")
 
 
+def test_kernel_backend_is_not_saved(tmp_path):
+    """A machine's kernel choice does not travel with the model: saved with "triton", loaded on CPU, it runs."""
+    model = make_model(dtype=torch.float32, kernel_backend="triton")
+    model.save_pretrained(tmp_path)
+    assert "kernel_backend" not in (tmp_path / "config.json").read_text()
+    loaded = SpikeGPTForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.kernel_backend is None
+    ids = ids_for(model, 1, 5)
+    with torch.no_grad():  # the saved model on Triton (the interpreter here), the loaded one on PyTorch
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_state_helpers():
     model = make_model()
     st = SpikeGPTState.empty(model.config, 3, dtype=torch.float64)

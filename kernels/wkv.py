@@ -164,7 +164,7 @@ def _wkv_chunked_backward(w, u, k, v, y, kept, state0, stateT, mask, gy, gT, L: 
     (and to w once per real token after it), or to the incoming max.
     """
     B, TT, C = k.shape
-    a0, b0, p0 = state0
+    a0, b0, _ = state0
     aT, bT, pT = stateT
     ga, gb, gp = gT
     P, A, Bs = kept

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .wkv import _empty_state, route_max_gradient
+from .wkv_reference import NEG_INF
 from .wkv_triton import _NEG_INF, _fetch, _scaled_pair, _state_step, _token
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -343,7 +344,7 @@ def _bwd_impl(td, tf, k, v, a0, b0, p0, mask, ins, gy, ga, gb, gp, aT, bT, pT, L
     gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last.amax(1), mask, gk_full)
     gw = gw.sum((0, 1)) + gw_max
     gp0 = ga0 * a0 + gb0 * b0 + gp0_max
-    gp0 = torch.where(p0 >= -1e38, gp0, 0.0)  # the clamp of the incoming max
+    gp0 = torch.where(p0 >= NEG_INF, gp0, 0.0)  # the clamp of the incoming max
     return gw * -torch.exp(td), gu.sum((0, 1)), gk_full.to(k.dtype), gv, ga0, gb0, gp0
 
 

@@ -159,7 +159,7 @@ def wkv_rows(table, B, T, C, dtype, device, repeat, impls, fla):
     e = k.element_size()
     calls = {name: (lambda name=name: wkv(td, tf, k, v, backend=name)[0]) for name in impls}
     if "triton" in impls:  # the chunk-parallel design, measured against the per-channel one
-        from spikegpt.kernels.wkv_triton_chunked import wkv_triton_chunked
+        from spikegpt.kernels.wkv.triton_chunk import wkv_triton_chunked
 
         calls["tchunk"] = lambda: wkv_triton_chunked(td, tf, k, v)[0]
     if fla is not None:
@@ -380,7 +380,7 @@ def main():
                 wkv_step_rows(table, Bs, C, dtype, device, repeat, impls)
 
     if args.sweep and "triton" in impls:
-        from spikegpt.kernels.wkv_triton import wkv_triton
+        from spikegpt.kernels.wkv.triton_recurrent import wkv_triton
 
         print("\nTriton WKV launch shapes (impl tL x R: L unrolled tokens, a checkpoint every R loops):", flush=True)
         T, C = Ts[-1], Cs[-1]
@@ -395,7 +395,7 @@ def main():
 
             table.add("wkv", f"t{unroll}x{groups}", "fwd+bwd", B, T, C, 8 * k.element_size() * B * T * C,
                       lambda f=fb: median_ms(f, device, repeat), fb)
-        from spikegpt.kernels.wkv_triton_chunked import wkv_triton_chunked
+        from spikegpt.kernels.wkv.triton_chunk import wkv_triton_chunked
 
         for chunk in (16, 64):  # the chunk-parallel design at other chunk lengths (default 32)
             def fbc(chunk=chunk):

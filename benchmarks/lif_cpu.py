@@ -1,7 +1,7 @@
 """Multi-step LIF, forward + backward: the ``lif`` op's PyTorch path vs a straightforward per-step loop.
 
 Baselines measured in the same run: the per-step PyTorch loop with autograd through every step
-(``spikegpt.kernels.lif_reference``, what one writes by hand), and snnTorch's ``Leaky`` in a Python loop
+(``spikegpt.kernels.lif.naive``, what one writes by hand), and snnTorch's ``Leaky`` in a Python loop
 when snntorch is installed.
 
     python benchmarks/lif_cpu.py                  # T=1024, B=4, C=512
@@ -14,7 +14,7 @@ import torch
 from _timing import median_time
 
 from spikegpt.kernels import lif
-from spikegpt.kernels.lif_reference import lif_reference
+from spikegpt.kernels.lif.naive import lif_naive
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
 
     rows = {
         "spikegpt.kernels.lif (torch)": median_time(run(lambda x: lif(x, backend="torch")), args.repeat),
-        "per-step loop + autograd": median_time(run(lif_reference), args.repeat),
+        "per-step loop + autograd": median_time(run(lif_naive), args.repeat),
     }
     try:
         import snntorch as snn

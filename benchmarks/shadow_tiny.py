@@ -60,7 +60,7 @@ def evaluate(model_dir: Path, teacher_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     from spikegpt import SpikeGPTForCausalLM
-    from spikegpt.rwkv import firing_rates
+    from spikegpt.interop.rwkv import firing_rates
     from spikegpt.train.config import load_config
     from spikegpt.train.data import TextSource, validation_documents
     from spikegpt.train.evaluation import EvalResult, build_streams, stream_nats

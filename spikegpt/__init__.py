@@ -7,6 +7,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from spikegpt.configuration_spikegpt import SpikeGPTConfig
+from spikegpt.modeling_sequence_classification import SpikeGPTForSequenceClassification
 from spikegpt.modeling_spikegpt import (
     SpikeGPTCausalLMOutput,
     SpikeGPTForCausalLM,
@@ -14,7 +15,6 @@ from spikegpt.modeling_spikegpt import (
     SpikeGPTOutput,
     SpikeGPTPreTrainedModel,
 )
-from spikegpt.sequence_classification import SpikeGPTForSequenceClassification
 from spikegpt.state import SpikeGPTState
 
 __version__ = "0.1.0"

@@ -2,40 +2,65 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from transformers import PretrainedConfig
 
-from spikegpt.kernels._backend import BACKENDS
+from spikegpt.kernels.backend import BACKENDS
 from spikegpt.kernels.surrogate import SURROGATES
+
+NO_CONTEXT_LIMIT = 2**63 - 1  # what max_position_embeddings reports: longer than any sequence
+
+# Settings of this run, not of the model: never written to config.json.
+RUNTIME_FIELDS = ("kernel_backend", "batch_invariant")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class SpikeGPTConfig(PretrainedConfig):
     r"""Shape and neuron settings of a SpikeGPT model.
 
     Args:
-        vocab_size: number of token ids V.
-        hidden_size: width C of the residual stream (``n_embd`` in the original code).
-        num_hidden_layers: number of blocks L.
+        vocab_size: number of token ids V (>= 1).
+        hidden_size: width C of the residual stream (``n_embd`` in the original code; >= 1).
+        num_hidden_layers: number of blocks L (>= 1).
         intermediate_size: FFN width F; default 4C.
         spiking: True for SpikeGPT (binary embedding, a LIF neuron on each branch); False gives the
             non-spiking RWKV-4 architecture (the ablation, and the form RWKV-4 checkpoints convert into).
-        tau, threshold: LIF membrane time constant and firing threshold (original: 2.0 and 1.0).
+        tau, threshold: LIF membrane time constant (> 1) and firing threshold (> 0) (original: 2.0 and 1.0).
         v_reset: hard-reset value (original: 0.0); None selects a soft reset (subtract the threshold).
         detach_reset: do not differentiate through the reset (original: False).
         surrogate, surrogate_alpha: surrogate gradient of the Heaviside step (original: "atan", 2.0).
-        dropout: dropout after every block, training only (original recipe: 0.03).
+        dropout: dropout after every block, training only, in [0, 1) (original recipe: 0.03).
         layer_norm_epsilon: LayerNorm eps (1e-5).
-        l2wrap_coef: the original "L2Wrap" logit regulariser in the loss: adds ``l2wrap_coef / (B*T)``
-            times each position's largest logit to that logit's gradient (original: 1e-4); 0 turns it off.
-        context_length: the training block length of recipes. The model itself has no context limit.
-        initializer_range: scale of the head initialisation (see ``SpikeGPTPreTrainedModel._init_weights``).
+        l2wrap_coef: the original "L2Wrap" logit regulariser: the loss's backward adds ``l2wrap_coef / n`` times
+            each position's largest logit to that logit's gradient, n the number of positions that count in
+            the loss (original: 1e-4); 0 turns it off.
+        context_length: the training block length of recipes. The model itself has no context limit:
+            ``max_position_embeddings`` reports :data:`NO_CONTEXT_LIMIT` to clients that ask.
+        initializer_range: std of the initial weights of a classification head (``score``); the language-model
+            head starts at std ``0.5 / sqrt(C)``.
         kernel_backend: implementation of the WKV and LIF ops: None (automatic: Triton on CUDA tensors,
-            PyTorch elsewhere), "torch", "triton", or "triton_chunked" (the chunk-parallel Triton WKV);
-            a Triton choice on CPU tensors raises a ValueError outside the Triton interpreter. A run-time
-            choice of this machine, not part of the model: it does not change the math and is not saved.
+            PyTorch elsewhere), "torch", "triton", or "triton_chunked" (the chunk-parallel Triton WKV).
+        batch_invariant: compute every batch row as if it were alone, so that its outputs are bit-identical
+            whatever else is in the batch and however it is padded (one forward per row; see
+            ``docs/batch_invariance.md``). Off by default.
 
-    ``pad_token_id`` and ``eos_token_id`` default to None; recipes set them from their tokenizer. Note that
-    ``generate()`` infers an attention mask from ``pad_token_id`` when none is given, so a pad id that is
-    also a real token would mask real tokens: pass ``attention_mask`` explicitly in that case.
+    ``kernel_backend`` and ``batch_invariant`` are choices of the machine and run, not of the model: they do
+    not change the math and are not saved. ``pad_token_id`` and ``eos_token_id`` default to None; recipes set
+    them from their tokenizer. ``generate()`` infers an attention mask from ``pad_token_id`` when none is
+    given, so a pad id that is also a real token would mask real tokens: pass ``attention_mask`` then.
+
+    Raises:
+        ValueError: naming the field, for a value of the wrong type or out of range (no coercion: the
+            string ``"false"`` is not a boolean).
     """
 
     model_type = "spikegpt"
@@ -59,23 +84,20 @@ class SpikeGPTConfig(PretrainedConfig):
         context_length: int = 1024,
         initializer_range: float = 0.02,
         kernel_backend: str | None = None,
+        batch_invariant: bool = False,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
-        if surrogate not in SURROGATES:
-            raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(SURROGATES)}")
-        if kernel_backend not in (None, *BACKENDS):
-            raise ValueError(f"kernel_backend must be None (automatic) or one of {BACKENDS}, got {kernel_backend!r}")
-        if tau <= 1.0:
-            raise ValueError(f"tau must be > 1 (the leak 1 - 1/tau must lie in (0, 1)), got {tau}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.intermediate_size = (
+            intermediate_size if intermediate_size is not None or not _is_int(hidden_size) else 4 * hidden_size
+        )
         self.spiking = spiking
         self.tau = tau
         self.threshold = threshold
@@ -89,6 +111,7 @@ class SpikeGPTConfig(PretrainedConfig):
         self.context_length = context_length
         self.initializer_range = initializer_range
         self.kernel_backend = kernel_backend
+        self.batch_invariant = batch_invariant
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -97,10 +120,59 @@ class SpikeGPTConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+        self.validate()
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """No context limit: a recurrent model reads any length. Clients that size windows from this field
+        (lm-evaluation-harness, ``generate``) then never cut a sequence."""
+        return NO_CONTEXT_LIMIT
+
+    def validate(self, **kwargs) -> None:
+        """Raise ``ValueError`` naming the first field whose value has the wrong type or is out of range."""
+        def bad(name, want):
+            v = getattr(self, name)
+            raise ValueError(f"SpikeGPTConfig.{name} must be {want}, got {v!r} ({type(v).__name__})")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "context_length"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                bad(name, "an integer >= 1")
+        for name in ("spiking", "detach_reset", "batch_invariant", "use_cache", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false (a bool)")
+        checks = {
+            "tau": (lambda v: v > 1.0, "a number > 1 (the leak 1 - 1/tau must lie in (0, 1))"),
+            "threshold": (lambda v: v > 0.0, "a number > 0"),
+            "surrogate_alpha": (lambda v: v > 0.0, "a number > 0"),
+            "dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+            "layer_norm_epsilon": (lambda v: v >= 0.0, "a number >= 0"),
+            "l2wrap_coef": (lambda v: v >= 0.0, "a number >= 0"),
+            "initializer_range": (lambda v: v > 0.0, "a number > 0"),
+        }
+        for name, (ok, want) in checks.items():
+            v = getattr(self, name)
+            if not _is_real(v) or not ok(v):
+                bad(name, want)
+        if self.v_reset is not None and not _is_real(self.v_reset):
+            bad("v_reset", "a number (hard reset) or None (soft reset)")
+        if self.surrogate not in SURROGATES:
+            bad("surrogate", f"one of {sorted(SURROGATES)}")
+        if self.kernel_backend is not None and self.kernel_backend not in BACKENDS:
+            bad("kernel_backend", f"None (automatic) or one of {list(BACKENDS)}")
+        for name in ("pad_token_id", "bos_token_id"):
+            v = getattr(self, name, None)
+            if v is not None and not (_is_int(v) and 0 <= v < self.vocab_size):
+                bad(name, f"None or a token id in [0, {self.vocab_size})")
+        eos = getattr(self, "eos_token_id", None)
+        ids = eos if isinstance(eos, (list, tuple)) else [eos]
+        if eos is not None and not all(_is_int(v) and 0 <= v < self.vocab_size for v in ids):
+            bad("eos_token_id", f"None, or a token id (or list of ids) in [0, {self.vocab_size})")
 
     def to_dict(self) -> dict:
-        """The serialisable fields; ``kernel_backend`` is left out, so a model saved on a GPU with
-        ``kernel_backend="triton"`` still loads and runs on a CPU."""
+        """The serialisable fields; the run-time settings (``kernel_backend``, ``batch_invariant``) are left
+        out, so a model saved with ``kernel_backend="triton"`` on a GPU still loads and runs on a CPU."""
         out = super().to_dict()
-        out.pop("kernel_backend", None)
+        for name in RUNTIME_FIELDS:
+            out.pop(name, None)
         return out

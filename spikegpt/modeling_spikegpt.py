@@ -19,17 +19,22 @@ padding, where every part of the state is held, so padded rows give what they gi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 
 from spikegpt.configuration_spikegpt import SpikeGPTConfig
 from spikegpt.kernels import lif, wkv
 from spikegpt.kernels.surrogate import heaviside
+from spikegpt.recording import SpikeSite
+from spikegpt.remote_code import AUTO_MAP, write_remote_code
 from spikegpt.state import SpikeGPTState
 
 try:  # transformers >= 5: init functions that leave weights loaded from a checkpoint alone
@@ -99,8 +104,7 @@ class TimeMix(nn.Module):
 
 
 class _ReluSquare(torch.autograd.Function):
-    """``relu(x)^2`` keeping only ``relu(x)`` for the backward (``2 relu(x) g``): two fewer passes over
-    the (B, T, 4C) activation than autograd of relu then square."""
+    """``relu(x)^2`` keeping only ``relu(x)`` for the backward (``2 relu(x) g``)."""
 
     @staticmethod
     def forward(ctx, x):  # type: ignore[override]
@@ -142,11 +146,22 @@ class ChannelMix(nn.Module):
         return r * self.value(k), shift
 
 
-class LIF(nn.Module):
-    """Multi-step LIF neuron on a branch output (the ``lif`` op); the identity when spiking is off.
+class BinaryEmbedding(SpikeSite, nn.Module):
+    """``H(E[idx])``: the embedding's spikes (Heaviside forward, surrogate backward); the identity when
+    spiking is off. Parameter-free: the table itself is ``SpikeGPTModel.emb``."""
 
-    Forward hooks on these modules see the spikes (B, T, C), which is how firing rates are recorded.
-    """
+    def __init__(self, config: SpikeGPTConfig):
+        super().__init__()
+        self.spiking = config.spiking
+        self.surrogate, self.alpha = config.surrogate, config.surrogate_alpha
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """e: (B, T, C) embedding rows. Returns spikes (B, T, C) in e's dtype."""
+        return heaviside(e, self.surrogate, self.alpha) if self.spiking else e
+
+
+class LIF(SpikeSite, nn.Module):
+    """Multi-step LIF neuron on a branch output (the ``lif`` op); the identity when spiking is off."""
 
     def __init__(self, config: SpikeGPTConfig):
         super().__init__()
@@ -158,13 +173,13 @@ class LIF(nn.Module):
         )
 
     def forward(self, x, mem, mask):
-        """x: (B, T, C); mem: (B, C) membrane. Returns (spikes (B, T, C), membrane (B, C))."""
+        """x: (B, T, C); mem: (B, C) membrane; mask: (B, T) bool or None. Returns (spikes, membrane)."""
         if not self.spiking:
             return x, mem
         return lif(x, mem, mask=mask, **self.kwargs)
 
 
-class SpikeGPTBlock(nn.Module):
+class SpikeGPTBlock(GradientCheckpointingLayer):
     """One block: ``x += LIF_a(TimeMix(LN1 x)); x += LIF_f(ChannelMix(LN2 x))`` (LN0 first in block 0)."""
 
     def __init__(self, config: SpikeGPTConfig, layer_id: int):
@@ -193,6 +208,14 @@ class SpikeGPTBlock(nn.Module):
         return x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem
 
 
+def _replace(out: ModelOutput, **changes) -> ModelOutput:
+    """A copy of ``out`` with some fields changed (setting a ModelOutput field to None in place leaves the
+    old value in its mapping view)."""
+    values = {f.name: getattr(out, f.name) for f in fields(out)}
+    values.update(changes)
+    return type(out)(**values)
+
+
 @dataclass
 class SpikeGPTOutput(ModelOutput):
     """Base-model output. ``last_hidden_state`` (B, T, C) is after LNout; ``hidden_states`` has L + 1
@@ -215,6 +238,18 @@ class SpikeGPTCausalLMOutput(ModelOutput):
 
 LIF_INPUT_GAIN = 4.0  # init gain of the projections that feed a LIF (see _init_weights)
 
+# Keyword arguments that Hugging Face callers (generate, pipelines, Trainer) pass to every model and that
+# mean nothing to a recurrent model without positions: accepted and ignored. Anything else is an error.
+_IGNORED_KWARGS = frozenset({"position_ids", "cache_position", "token_type_ids", "output_attentions"})
+
+
+def check_model_kwargs(kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - _IGNORED_KWARGS)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown} for a SpikeGPT model")
+    if kwargs.get("output_attentions"):
+        raise ValueError("SpikeGPT has no attention weights to output (output_attentions=True)")
+
 
 class SpikeGPTPreTrainedModel(PreTrainedModel):
     config_class = SpikeGPTConfig
@@ -222,49 +257,56 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SpikeGPTBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
-    _fresh_head_prefixes: tuple[str, ...] = ()  # keys a checkpoint may lack (a task head started afresh)
 
     @classmethod
-    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
         """``PreTrainedModel.from_pretrained``, refusing a checkpoint that does not fit.
 
-        With ``strict=True`` (default) a checkpoint with missing keys or shapes that differ from the
-        config raises ``ValueError`` naming the keys, instead of silently re-initialising them (except keys
-        under ``_fresh_head_prefixes``, a task head that a base checkpoint does not have).
+        With ``strict=True`` (default) missing keys or shapes that differ from the config raise ``ValueError``
+        naming them, instead of HF's silent re-initialisation. The one exception is a checkpoint saved from
+        another SpikeGPT class (its ``config.json`` ``architectures``), e.g. a ``SpikeGPTModel`` loaded into
+        ``SpikeGPTForCausalLM``: this class's own head is then initialised and listed in ``missing_keys`` of
+        ``output_loading_info=True``. A local directory without ``config.json`` (and no ``config=``), or a
+        weights file that cannot be read, raises an error naming the file.
         """
         want_info = kwargs.pop("output_loading_info", False)
         user_ignores = kwargs.pop("ignore_mismatched_sizes", False)
-        model, info = super().from_pretrained(
-            *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        local = Path(os.fspath(pretrained_model_name_or_path)) if isinstance(
+            pretrained_model_name_or_path, (str, os.PathLike)) else None
+        if local is not None and local.is_dir() and kwargs.get("config") is None:
+            if not (local / "config.json").is_file():
+                raise FileNotFoundError(f"{local / 'config.json'} not found: {local} is not a saved model directory")
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except Exception as e:
+            weights = sorted(local.glob("*.safetensors")) if local is not None and local.is_dir() else []
+            if weights and "safetensor" in f"{type(e).__module__} {type(e).__name__} {e}".lower():
+                names = ", ".join(str(w) for w in weights)
+                raise ValueError(f"cannot read the weights in {names} (truncated or corrupt?): {e}") from e
+            raise
         if strict:
-            problems = []
-            mismatched = [] if user_ignores else sorted(info.get("mismatched_keys", []), key=str)
-            if mismatched:
-                shown = ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" for m in mismatched[:8])
-                problems.append(f"{len(mismatched)} checkpoint tensors have the wrong shape: {shown}")
-            missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith(cls._fresh_head_prefixes))
-            if missing:
-                problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
-            if problems:
-                raise ValueError("cannot load this checkpoint into " + cls.__name__ + ": " + "; ".join(problems))
+            _refuse_misfit(cls, model, info, user_ignores)
         return (model, info) if want_info else model
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """Initialisation (RWKV-4's for the time parameters; unit-gain Linear layers for the spiking branches).
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` (safetensors), plus the model code as ``spikegpt_remote.py`` and an
+        ``auto_map`` in ``config.json``, so the directory also loads with ``trust_remote_code=True`` where
+        spikegpt is not installed (see :mod:`spikegpt.remote_code`)."""
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+            self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
-        - time_decay / time_first / time_mix: RWKV-4's layer- and channel-dependent ramps. Decay rates
-          spread over channels from fast to slow give every layer a range of memory lengths; the mixes
-          let lower layers lean on the previous token. These matter most for how well RWKV-4 trains.
-        - Linear layers inside the blocks: N(0, 1/fan_in), i.e. unit gain; the two that feed a LIF
-          (att.output, ffn.value) get gain ``LIF_INPUT_GAIN`` = 4 when spiking. A LIF fires only when its
-          input reaches the threshold (with tau = 2 a constant input must be >= 1), and unit gain leaves
-          firing near 1-3%; gain 4 gives 7-13% at every width and depth measured (C 48-256, L 4-6), near
-          the paper's assumed 15%. RWKV-4's zero-initialised output projections would leave every neuron
-          silent at the start. Spikes are binary, so this gain does not grow the residual stream.
-        - Embedding: U(-1e-4, 1e-4), RWKV-4's small init. H(E) is then a random binary code and every
-          entry sits at the surrogate's steepest point, so embedding bits flip easily early in training.
-        - Head: N(0, 0.5 / sqrt(C)) (the scale of RWKV-4's orthogonal head init), LayerNorms 1 and 0.
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialisation (RWKV-4's for the time parameters; unit-gain Linear layers; see ``docs/model.md``).
+
+        - time_decay / time_first / time_mix: RWKV-4's layer- and channel-dependent ramps.
+        - Linear layers inside the blocks: N(0, 1/fan_in); the two that feed a LIF (att.output, ffn.value)
+          get gain ``LIF_INPUT_GAIN`` when spiking, so that the neurons fire at the start of training.
+        - Embedding: U(-1e-4, 1e-4), RWKV-4's small init.
+        - Head: N(0, (0.5 / sqrt(C))^2); LayerNorms: weight 1, bias 0.
         """
         cfg = self.config
         if isinstance(module, TimeMix):
@@ -301,6 +343,104 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    # --- batch invariance: every row computed as if alone ---
+
+    def _rows_to_split(self, input_ids, inputs_embeds, attention_mask, state) -> torch.Tensor | None:
+        """With ``config.batch_invariant``, a call with several rows or padding runs row by row: returns its
+        (B, T) bool mask of real tokens (inputs, mask and state checked); None means one batched call."""
+        if not self.config.batch_invariant or torch.compiler.is_compiling():
+            return None
+        B, T = validate_inputs(input_ids, inputs_embeds, self.config)
+        emb = self.get_input_embeddings().weight
+        if state is not None:
+            if not isinstance(state, SpikeGPTState):
+                raise ValueError(f"state must be a SpikeGPTState, got {type(state).__name__}")
+            state.validate(self.config, B, dtype=emb.dtype, device=emb.device)
+        mask = real_token_mask(attention_mask, B, T, state is not None)
+        if B == 1 and mask is None:
+            return None
+        return torch.ones(B, T, dtype=torch.bool, device=emb.device) if mask is None else mask
+
+    def _rowwise(self, input_ids, inputs_embeds, mask, state, **kwargs):
+        """``self.forward`` on each batch row alone (its real tokens only, batch size 1), outputs put back in
+        place: every row gets exactly, bit for bit, what it gets alone (``config.batch_invariant``; one
+        forward per row, see ``docs/batch_invariance.md``). Padded positions of the outputs are 0."""
+        x = input_ids if input_ids is not None else inputs_embeds
+        B, T = x.shape[:2]
+        keep = kwargs.get("logits_to_keep", 0) or 0
+        rows, states = [], []
+        for b in range(B):
+            real = mask[b].nonzero().flatten()
+            row_state = None if state is None else state.index_select(torch.tensor([b]))
+            if real.numel() == 0:  # all padding: nothing changes
+                rows.append((real, None))
+                states.append(row_state)
+                continue
+            out = self(
+                input_ids=None if input_ids is None else input_ids[b : b + 1, real],
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds[b : b + 1, real],
+                state=row_state, use_cache=True, return_dict=True, **kwargs,
+            )
+            rows.append((real, out))
+            states.append(out.state)
+        return _merge_rows(rows, states, B, T, keep, x.device)
+
+
+def _merge_rows(rows, states, B, T, keep, device):
+    """Assemble per-row outputs of ``_rowwise`` into one batch output (zeros at padded positions)."""
+    template = next((out for _, out in rows if out is not None), None)
+    if template is None:
+        raise ValueError("every row of the batch is padding: nothing to compute")
+    merged = {}
+    for name, value in template.items():
+        if name == "state":
+            continue
+        if name == "hidden_states":
+            merged[name] = tuple(_place(rows, lambda o, i=i: o.hidden_states[i], B, T, 0, device)
+                                 for i in range(len(value)))
+        elif name in ("logits", "last_hidden_state") and value.dim() == 3:
+            merged[name] = _place(rows, lambda o, n=name: o[n], B, T, keep if name == "logits" else 0, device)
+        else:  # one value per row (a classifier's logits)
+            merged[name] = torch.cat([o[name] if o is not None else torch.zeros_like(value) for _, o in rows])
+    if template.get("state") is not None:
+        merged["state"] = SpikeGPTState.cat(states)
+    return type(template)(**merged)
+
+
+def _place(rows, get, B, T, keep, device):
+    """(B, T or keep, ...) tensor with each row's (1, n_b or <= keep, ...) values at its real positions."""
+    first = next(get(o) for _, o in rows if o is not None)
+    width = keep if keep else T
+    out = first.new_zeros(B, width, *first.shape[2:])
+    for b, (real, o) in enumerate(rows):
+        if o is None:
+            continue
+        vals = get(o)[0]
+        pos = real[-vals.shape[0]:]  # the row's last real positions (all of them when nothing was dropped)
+        if keep:
+            inside = pos >= T - keep
+            out[b, (pos[inside] - (T - keep)).to(device)] = vals[inside]
+        else:
+            out[b, pos.to(device)] = vals
+    return out
+
+
+def _refuse_misfit(cls, model, info, user_ignores: bool) -> None:
+    problems = []
+    mismatched = [] if user_ignores else sorted(info.get("mismatched_keys", []), key=str)
+    if mismatched:
+        shown = ", ".join(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" for m in mismatched[:8])
+        problems.append(f"{len(mismatched)} checkpoint tensors have the wrong shape: {shown}")
+    saved_as = getattr(model.config, "architectures", None) or []
+    other_class = bool(saved_as) and cls.__name__ not in saved_as
+    prefix = cls.base_model_prefix + "."
+    own_head = other_class and cls is not model.base_model.__class__
+    missing = sorted(k for k in info.get("missing_keys", []) if not (own_head and not k.startswith(prefix)))
+    if missing:
+        problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
+    if problems:
+        raise ValueError("cannot load this checkpoint into " + cls.__name__ + ": " + "; ".join(problems))
+
 
 def _validate_input_ids(input_ids, vocab_size: int) -> None:
     if not isinstance(input_ids, torch.Tensor):
@@ -311,8 +451,6 @@ def _validate_input_ids(input_ids, vocab_size: int) -> None:
         )
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty (seq_len = 0)")
     if torch.compiler.is_compiling():
         # Reading min/max back to the host would break a compiled graph; there the embedding's own index
         # check reports an out-of-range id instead.
@@ -323,12 +461,61 @@ def _validate_input_ids(input_ids, vocab_size: int) -> None:
         raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab_size})")
 
 
+def validate_inputs(input_ids, inputs_embeds, config) -> tuple[int, int]:
+    """Exactly one of ``input_ids`` (B, T) / ``inputs_embeds`` (B, T, C), both sizes >= 1; returns (B, T)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if input_ids is not None:
+        _validate_input_ids(input_ids, config.vocab_size)
+        B, T = input_ids.shape
+    else:
+        C = config.hidden_size
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[2] != C:
+            got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds)
+            raise ValueError(f"inputs_embeds must be a (batch, seq_len, {C}) tensor, got {got}")
+        if not inputs_embeds.is_floating_point():
+            raise ValueError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
+        B, T = inputs_embeds.shape[:2]
+    if B == 0:
+        raise ValueError("the batch is empty (batch size 0)")
+    if T == 0:
+        raise ValueError("the input is empty (seq_len = 0)")
+    return B, T
+
+
+def real_token_mask(attention_mask, B: int, T: int, has_state: bool) -> torch.Tensor | None:
+    """The (B, T) bool mask of real tokens, or None when every token is real.
+
+    With a ``state``, a mask covering the past and the new tokens (B, past + T), Hugging Face's convention
+    when a cache is passed, is accepted: its last T columns are the new tokens'.
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2 or attention_mask.shape[0] != B:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+        raise ValueError(f"attention_mask must have shape (batch, seq_len) = {(B, T)}, got {got}")
+    if attention_mask.shape[1] != T:
+        if not (has_state and attention_mask.shape[1] > T):
+            raise ValueError(
+                f"attention_mask must have shape {(B, T)} (or (batch, past + seq_len) when a state is passed), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        attention_mask = attention_mask[:, -T:]
+    if not torch.compiler.is_compiling():
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        mask = attention_mask.bool()
+        return None if bool(mask.all()) else mask  # nothing to hold: take the plain path
+    return attention_mask.bool()
+
+
 class SpikeGPTModel(SpikeGPTPreTrainedModel):
     """The SpikeGPT stack without the head: embedding, blocks, LNout."""
 
     def __init__(self, config: SpikeGPTConfig):
         super().__init__(config)
         self.emb = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.emb_spike = BinaryEmbedding(config)
         self.blocks = nn.ModuleList([SpikeGPTBlock(config, l) for l in range(config.num_hidden_layers)])
         self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
@@ -348,60 +535,64 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> SpikeGPTOutput | tuple:
-        """input_ids: (B, T) token ids; attention_mask: (B, T), 0 at padding; state: continues a sequence.
+        """Run the stack over a sequence, continuing ``state``.
 
-        Returns ``last_hidden_state`` (B, T, C), the ``state`` after the last token (when ``use_cache``)
-        and ``hidden_states`` (when asked).
+        Args:
+            input_ids: (B, T) token ids in [0, V); or ``inputs_embeds`` (B, T, C), rows of the embedding
+                table (the binary step is applied to them, as to ``E[idx]``).
+            attention_mask: (B, T) of 0 (padding, where every state is held) and 1; with a ``state`` also
+                (B, past + T), of which the last T columns count.
+            state: a :class:`SpikeGPTState` for this batch, model dtype and device, to continue.
+            use_cache: return the state after the last token (default ``config.use_cache``).
+            output_hidden_states: also return the L + 1 hidden states (see :class:`SpikeGPTOutput`).
+
+        Returns:
+            :class:`SpikeGPTOutput`: ``last_hidden_state`` (B, T, C), ``state``, ``hidden_states``.
+
+        Raises:
+            ValueError: inputs, mask or state that do not fit (shape, dtype, device, vocabulary range).
         """
-        if kwargs.get("inputs_embeds") is not None:
-            raise ValueError("SpikeGPT takes input_ids only: its binary embedding is part of the model")
+        check_model_kwargs(kwargs)
         cfg = self.config
         use_cache = cfg.use_cache if use_cache is None else use_cache
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        _validate_input_ids(input_ids, cfg.vocab_size)
-        B, T = input_ids.shape
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(attention_mask.shape)}"
-                )
-            mask = attention_mask.bool()
-            if not torch.compiler.is_compiling() and bool(mask.all()):
-                mask = None  # nothing to hold: take the plain path
-        dtype = self.emb.weight.dtype
-        if state is None:
-            state = SpikeGPTState.empty(cfg, B, device=input_ids.device, dtype=dtype)
+        rows = self._rows_to_split(input_ids, inputs_embeds, attention_mask, state)
+        if rows is not None:
+            out = self._rowwise(input_ids, inputs_embeds, rows, state, output_hidden_states=output_hidden_states)
         else:
-            if not isinstance(state, SpikeGPTState):
-                raise ValueError(f"state must be a SpikeGPTState, got {type(state).__name__}")
-            state.validate(cfg, B)
+            B, T = validate_inputs(input_ids, inputs_embeds, cfg)
+            if state is not None:
+                if not isinstance(state, SpikeGPTState):
+                    raise ValueError(f"state must be a SpikeGPTState, got {type(state).__name__}")
+                state.validate(cfg, B, dtype=self.emb.weight.dtype, device=self.emb.weight.device)
+            mask = real_token_mask(attention_mask, B, T, state is not None)
+            out = self._stack(input_ids, inputs_embeds, mask, state, output_hidden_states)
+        if not use_cache:
+            out = _replace(out, state=None)
+        return out if return_dict else out.to_tuple()
 
-        x = self.emb(input_ids)
-        if cfg.spiking:
-            x = heaviside(x, cfg.surrogate, cfg.surrogate_alpha)  # binary embedding
+    def _stack(self, input_ids, inputs_embeds, mask, state, output_hidden_states) -> SpikeGPTOutput:
+        """The equations of the module docstring; arguments already checked (see :meth:`forward`)."""
+        x = self.emb(input_ids) if inputs_embeds is None else inputs_embeds.to(self.emb.weight.dtype)
+        B = x.shape[0]
+        if state is None:
+            state = SpikeGPTState.empty(self.config, B, device=x.device, dtype=self.emb.weight.dtype)
+        x = self.emb_spike(x)  # binary embedding
         if mask is not None:
             x = x * mask[..., None].to(x.dtype)  # padding carries nothing (it is never read anyway)
         all_hidden = (x,) if output_hidden_states else None
         new_layers = []
         for l, block in enumerate(self.blocks):
-            layer_state = state.layer(l)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                out = self._gradient_checkpointing_func(block.__call__, x, *layer_state, mask)
-            else:
-                out = block(x, *layer_state, mask)
-            x, new = out[0], out[1:]
+            x, *new = block(x, *state.layer(l), mask)
             new_layers.append(new)
             if output_hidden_states:
                 all_hidden += (x,)
-        x = self.ln_out(x)
-        new_state = SpikeGPTState.stack(new_layers) if use_cache else None
-        if not return_dict:
-            return tuple(t for t in (x, new_state, all_hidden) if t is not None)
-        return SpikeGPTOutput(last_hidden_state=x, state=new_state, hidden_states=all_hidden)
+        return SpikeGPTOutput(last_hidden_state=self.ln_out(x), state=SpikeGPTState.stack(new_layers),
+                              hidden_states=all_hidden)
 
 
 class L2Wrap(torch.autograd.Function):
@@ -425,21 +616,46 @@ class L2Wrap(torch.autograd.Function):
         return grad_loss, g, None
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, l2wrap_coef: float = 0.0) -> torch.Tensor:
-    """Mean next-token cross-entropy: position t predicts ``labels[:, t + 1]``; label -100 is ignored.
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    l2wrap_coef: float = 0.0,
+    *,
+    shift_labels: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy in fp32; label -100 is ignored.
 
-    logits: (B, T, V); labels: (B, T). With ``l2wrap_coef > 0`` the L2Wrap term is added to the gradient.
+    logits: (B, T, V). Either ``labels`` (B, T), where position t predicts ``labels[:, t + 1]``, or
+    ``shift_labels`` (B, T), already shifted: position t predicts ``shift_labels[:, t]``. The mean is over the
+    counted positions, or the sum divided by ``num_items_in_batch`` when given (Hugging Face's convention for
+    gradient accumulation). With ``l2wrap_coef > 0`` the L2Wrap term is added to the gradient.
+    Raises ``ValueError`` for labels of the wrong shape or outside ``[0, V)``.
     """
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(
-            f"labels must have shape (batch, seq_len) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
-        )
-    V = logits.shape[-1]
-    # Shift the labels, not the logits: the logits stay a view (no (B, T, V) copy forward or backward);
-    # the last position of each row gets the ignored label.
+    B, T, V = logits.shape
+    if (labels is None) == (shift_labels is None):
+        raise ValueError("pass exactly one of labels and shift_labels")
+    given = labels if labels is not None else shift_labels
+    name = "labels" if labels is not None else "shift_labels"
+    if given.shape != (B, T):
+        raise ValueError(f"{name} must have shape (batch, seq_len) = {(B, T)}, got {tuple(given.shape)}")
+    if given.dtype.is_floating_point or given.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer token ids, got {given.dtype}")
+    if not torch.compiler.is_compiling():
+        bad = (given != -100) & ((given < 0) | (given >= V))
+        if bool(bad.any()):
+            bad_id = given[bad][0].item()
+            raise ValueError(f"{name} contains {bad_id}, outside the vocabulary [0, {V}) (or -100 to ignore)")
+    # Shift the labels, not the logits: the logits stay a view (no (B, T, V) copy forward or backward).
     lg = logits.reshape(-1, V)
-    tg = F.pad(labels[:, 1:].to(lg.device), (0, 1), value=-100).reshape(-1)
-    loss = F.cross_entropy(lg.float(), tg, ignore_index=-100)
+    if shift_labels is None:
+        tg = F.pad(labels[:, 1:].to(lg.device), (0, 1), value=-100).reshape(-1)
+    else:
+        tg = shift_labels.to(lg.device).reshape(-1)
+    if num_items_in_batch is None:
+        loss = F.cross_entropy(lg.float(), tg, ignore_index=-100)
+    else:
+        loss = F.cross_entropy(lg.float(), tg, ignore_index=-100, reduction="sum") / num_items_in_batch
     if l2wrap_coef > 0 and torch.is_grad_enabled():
         keep = tg != -100
         loss = L2Wrap.apply(loss, lg[keep], l2wrap_coef)
@@ -483,40 +699,70 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> SpikeGPTCausalLMOutput | tuple:
-        """input_ids: (B, T); labels: (B, T), shifted inside (-100 ignored). Returns loss, logits (B, T, V),
-        the continuing ``state`` (when ``use_cache``) and ``hidden_states`` (when asked).
-        ``logits_to_keep = k > 0`` computes the logits of the last k positions only (generation)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.model(
-            input_ids, attention_mask=attention_mask, state=state, use_cache=use_cache,
-            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
-        )
-        h = out.last_hidden_state
-        if logits_to_keep and labels is None:
-            h = h[:, -logits_to_keep:]
-        logits = self.head(h)
+        """The stack (see :meth:`SpikeGPTModel.forward` for the inputs, mask and state) and the head.
+
+        Args:
+            labels: (B, T) targets, shifted inside; or ``shift_labels`` (B, T), already shifted. -100 is
+                ignored. ``num_items_in_batch``: divide the summed loss by it instead of averaging.
+            logits_to_keep: k > 0 computes the logits of the last k positions only (generation).
+
+        Returns:
+            :class:`SpikeGPTCausalLMOutput`: ``loss``, ``logits`` (B, T or k, V), ``state``, ``hidden_states``.
+        """
+        check_model_kwargs(kwargs)
+        cfg = self.config
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        keep = logits_to_keep if labels is None and shift_labels is None else 0
+        rows = self._rows_to_split(input_ids, inputs_embeds, attention_mask, state)
+        if rows is not None:
+            out = self._rowwise(input_ids, inputs_embeds, rows, state, logits_to_keep=keep,
+                                output_hidden_states=output_hidden_states)
+        else:
+            base = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                              state=state, use_cache=True, output_hidden_states=output_hidden_states, return_dict=True)
+            h = base.last_hidden_state
+            out = SpikeGPTCausalLMOutput(logits=self.head(h[:, -keep:] if keep else h), state=base.state,
+                                         hidden_states=base.hidden_states)
         loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels, self.config.l2wrap_coef)
-        if not return_dict:
-            return tuple(t for t in (loss, logits, out.state, out.hidden_states) if t is not None)
-        return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, hidden_states=out.hidden_states)
+        if labels is not None or shift_labels is not None:
+            loss = causal_lm_loss(out.logits, labels, cfg.l2wrap_coef, shift_labels=shift_labels,
+                                  num_items_in_batch=num_items_in_batch)
+        out = _replace(out, loss=loss, state=out.state if use_cache else None)
+        return out if return_dict else out.to_tuple()
 
     # --- generation: prefill in parallel mode, then one token per step from the carried state ---
 
-    def prepare_inputs_for_generation(self, input_ids, state=None, attention_mask=None, use_cache=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, state=None, attention_mask=None, use_cache=None, inputs_embeds=None, **kwargs
+    ):
+        """The inputs of the next forward: the whole prompt first (``inputs_embeds`` when given), then only
+        the newest token with the carried ``state``. Other model kwargs (``output_hidden_states``, ...) pass
+        through; Hugging Face's positional bookkeeping (``cache_position``, ...) is dropped."""
+        first = state is None and (input_ids is None or input_ids.shape[1] == 0 or kwargs.get("is_first_iteration"))
+        if inputs_embeds is not None and not first and use_cache is False:
+            raise ValueError("generate(inputs_embeds=..., use_cache=False) cannot continue a prompt given as "
+                             "embeddings; leave use_cache on")
         if use_cache is not False and state is not None:
             input_ids = input_ids[:, -1:]
             if attention_mask is not None:
                 attention_mask = attention_mask[:, -1:]
         else:
             state = None
-        return {
-            "input_ids": input_ids, "attention_mask": attention_mask, "state": state,
-            "use_cache": use_cache, "logits_to_keep": 1,
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "state": state, "use_cache": use_cache,
+                  "logits_to_keep": 1}
+        if inputs_embeds is not None and first:
+            inputs["input_ids"] = None
+            inputs["inputs_embeds"] = inputs_embeds
+        for key in ("output_hidden_states", "return_dict"):
+            if key in kwargs:
+                inputs[key] = kwargs[key]
+        return inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from spikegpt.kernels import lif, wkv
-from spikegpt.kernels import lif_triton as _lt  # noqa: F401  (registers spikegpt::lif_*)
-from spikegpt.kernels import wkv_triton as _wt  # noqa: F401  (registers spikegpt::wkv_*)
+from spikegpt.kernels.lif import triton_recurrent as _lt  # noqa: F401  (registers spikegpt::lif_*)
+from spikegpt.kernels.wkv import triton_recurrent as _wt  # noqa: F401  (registers spikegpt::wkv_*)
 
 B, T, C = 2, 5, 3
 # CPU through the interpreter by default; benchmarks/gpu_check.sh sets SPIKEGPT_TEST_DEVICE=cuda.
@@ -51,7 +51,7 @@ def test_opcheck_wkv_ops():
 
 def test_opcheck_chunked_wkv_ops():
     """The chunk-parallel WKV's two ops (chunks of 2 tokens: T = 5 gives a ragged last chunk)."""
-    from spikegpt.kernels import wkv_triton_chunked  # noqa: F401  (registers spikegpt::wkv_chunked_*)
+    from spikegpt.kernels.wkv import triton_chunk  # noqa: F401  (registers spikegpt::wkv_chunked_*)
 
     td, tf, k, v, a0, b0, p0, mask, *_ = _wkv_args()
     torch.library.opcheck(torch.ops.spikegpt.wkv_chunked_fwd.default, (td, tf, k, v, a0, b0, p0, mask, 2))
@@ -145,7 +145,8 @@ def test_cpu_machine_never_launches_triton():
     out.loss.backward()
     model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
     assert not launched, launched
-    assert "spikegpt.kernels.wkv_triton" not in sys.modules and "spikegpt.kernels.lif_triton" not in sys.modules
+    assert not any(m in sys.modules for m in ("spikegpt.kernels.wkv.triton_recurrent",
+                                              "spikegpt.kernels.lif.triton_recurrent"))
     print("OK")
     """
     r = _run_clean(code)
@@ -161,7 +162,8 @@ def test_gpu_code_compiles_for_sm90_without_a_gpu():
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from spikegpt.kernels import lif_triton as lt, wkv_triton as wt
+    from spikegpt.kernels.lif import triton_recurrent as lt
+    from spikegpt.kernels.wkv import triton_recurrent as wt
 
     def build(fn, types, consts):
         sig = {n: ("constexpr" if n in consts else types.get(n, "*fp32")) for n in fn.arg_names}
@@ -183,7 +185,7 @@ def test_gpu_code_compiles_for_sm90_without_a_gpu():
         build(lt._lif_bwd_kernel, {**io, **scal, "gs_ptr": bf, "gx_ptr": bf},
               {"NCH_STATIC": 0, "L": 2, "BLOCK": 32, "HAS_MASK": True, "HAS_GS": True, "SOFT": surrogate == 2,
                "DETACH": surrogate == 3, "SURROGATE": surrogate})
-    from spikegpt.kernels import wkv_triton_chunked as wc
+    from spikegpt.kernels.wkv import triton_chunk as wc
 
     for mask in (False, True):
         kv = {**io, "k_ptr": bf, "v_ptr": bf}

@@ -18,7 +18,7 @@ def _rank_log(path):
 def test_two_cpu_ranks_with_torchrun(tmp_path, corpus_file):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "train" / "pretrain.py"),
+           "-m", "spikegpt.train.pretrain",
            *tiny_overrides(corpus_file, out, max_steps=4, batch_size=2, debug_rank_log=True, save_interval=2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

@@ -1,0 +1,126 @@
+"""The multi-step LIF neuron in PyTorch (every device; the fast CPU path).
+
+    spikes, v = lif_torch(x, v, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha)
+
+    h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau        charge
+    s_t = H(h_t - threshold)                                  fire (at equality too)
+    v_t = h_t (1 - s_t) + v_reset s_t                         hard reset, or
+    v_t = h_t - s_t threshold                                 soft reset (v_reset=None)
+
+PyTorch path: a custom autograd function. The forward runs the recurrence without autograd and, only
+when a gradient is needed, keeps the pre-reset potential ``h`` (T, B, C); the backward rebuilds spikes
+and surrogate slopes from ``h`` in one vectorised pass, which turns the adjoint into the linear
+recurrence ``g_{t-1} = a_t + b_t g_t`` (one fused multiply-add per step). No per-step autograd graph.
+
+Padding: ``mask`` (B, T), 0 at padded tokens, holds the membrane there and emits no spike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import compute_dtype
+from ..surrogate import get_surrogate
+
+
+def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
+    """Run the recurrence without autograd. Returns the pre-reset potentials H (T, B, C) and v_T (B, C).
+
+    The hard-reset loop keeps the NEGATED membrane ``n = -v`` so that each step is two fused ops:
+    ``-h_t = decay * n + (-x_t / tau)`` written straight into H, then ``F.threshold(-h_t, -threshold,
+    -v_reset)``, which keeps ``-h_t`` where ``h_t < threshold`` and writes ``-v_reset`` where it fires.
+    """
+    dt = compute_dtype(x)
+    decay = 1.0 - 1.0 / tau
+    base = 0.0 if v_reset is None else v_reset
+    T, B, C = x.shape[1], x.shape[0], x.shape[2]
+    drive = torch.mul(x.to(dt).transpose(0, 1), -1.0 / tau, out=x.new_empty(T, B, C, dtype=dt))  # negated
+    if base != 0.0:
+        drive.sub_(base / tau)
+    H = torch.empty_like(drive)  # holds -h until the end
+    n = -v0.to(dt)
+    for t, (d_t, h_t) in enumerate(zip(drive.unbind(0), H.unbind(0))):
+        h = torch.add(d_t, n, alpha=decay, out=h_t)
+        if mask is not None:
+            h = torch.where(mask[t], h, n)
+            h_t.copy_(h)
+        if v_reset is not None:
+            new = F.threshold(h, -threshold, -v_reset)
+        else:
+            new = h + (h <= -threshold) * threshold
+        n = new if mask is None else torch.where(mask[t], new, n)
+    return H.neg_(), -n
+
+
+def _step(x, v, tau, threshold, v_reset):
+    """One token, no gradient: x (B, 1, C), v (B, C) -> (spikes (B, 1, C), v)."""
+    dt = compute_dtype(x)
+    base = 0.0 if v_reset is None else v_reset
+    h = torch.lerp(v.to(dt), x[:, 0].to(dt) + base, 1.0 / tau)  # v + (x - (v - v_reset)) / tau
+    fire = h >= threshold
+    v = torch.where(fire, v_reset, h) if v_reset is not None else h - fire * threshold
+    return fire.to(x.dtype)[:, None], v
+
+
+class _LIFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v0, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha):  # type: ignore[override]
+        mt = None if mask is None else mask.transpose(0, 1)[..., None].contiguous()  # (T, B, 1)
+        H, v = _charge_fire_reset(x, v0, mt, tau, threshold, v_reset)
+        fire = H >= threshold
+        if mt is not None:
+            fire &= mt
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:  # training: keep h only
+            ctx.save_for_backward(H, mt)
+            ctx.cfg = (tau, threshold, v_reset, detach_reset, surrogate, alpha, x.dtype, v0.dtype)
+        return fire.to(x.dtype).transpose(0, 1), v
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_v):  # type: ignore[override]
+        H, mt = ctx.saved_tensors
+        tau, threshold, v_reset, detach_reset, surrogate, alpha, x_dtype, v_dtype = ctx.cfg
+        dt = H.dtype
+        decay = 1.0 - 1.0 / tau
+        fire = H >= threshold
+        if mt is not None:
+            fire &= mt
+        sg = get_surrogate(surrogate)(H - threshold, alpha)
+        if mt is not None:
+            sg = sg * mt  # the output is a constant 0 at padding
+        # dv_t / dh_t
+        if v_reset is None:
+            dvdh = torch.ones_like(H) if detach_reset else 1.0 - threshold * sg
+        else:
+            dvdh = (~fire).to(dt)
+            if not detach_reset:
+                dvdh = dvdh + (v_reset - H) * sg
+        # dh_t / dv_{t-1}: the leak, or 1 at padding (h_t = v_{t-1} there)
+        dhdv = decay if mt is None else torch.full(mt.shape, decay, dtype=dt, device=H.device).masked_fill_(~mt, 1.0)
+        a = g_spikes.transpose(0, 1).to(dt) * sg if g_spikes is not None else torch.zeros_like(H)
+        coef = dvdh * dhdv
+        rhs = a * dhdv
+        # G[t]: gradient arriving at v_t from later steps; G[t-1] = rhs[t] + coef[t] G[t] (one op a step)
+        G = torch.empty_like(H)
+        G[-1] = 0.0 if g_v is None else g_v.to(dt)
+        Gs, rs, cs = G.unbind(0), rhs.unbind(0), coef.unbind(0)
+        for t in range(H.shape[0] - 1, 0, -1):
+            torch.addcmul(rs[t], cs[t], Gs[t], out=Gs[t - 1])
+        g_v0 = rs[0] + cs[0] * Gs[0]
+        gx = G.mul_(dvdh).add_(a).div_(tau)  # (a + G dvdh) / tau, in place
+        if mt is not None:
+            gx = gx * mt
+        g_x = gx.transpose(0, 1).to(x_dtype) if ctx.needs_input_grad[0] else None
+        g_v0 = g_v0.to(v_dtype) if ctx.needs_input_grad[1] else None
+        return g_x, g_v0, None, None, None, None, None, None, None
+
+
+def lif_torch(x, v, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha):
+    """The LIF over (B, T, C) ``x`` from the (B, C) membrane ``v``; ``mask`` (B, T) bool or None.
+
+    Returns (spikes (B, T, C) in x's dtype, final membrane (B, C) in the accumulation dtype). Arguments as
+    in :func:`spikegpt.kernels.lif`, already checked there.
+    """
+    if x.shape[1] == 1 and mask is None and not (torch.is_grad_enabled() and (x.requires_grad or v.requires_grad)):
+        return _step(x, v, tau, threshold, v_reset)  # the generation step: no autograd bookkeeping
+    return _LIFFunction.apply(x, v, mask, float(tau), float(threshold), v_reset, detach_reset, surrogate, alpha)

@@ -1,0 +1,290 @@
+"""WKV in PyTorch (every device; the fast CPU path): fixed-length chunks in three vectorised passes.
+
+    y, state = wkv_torch(time_decay, time_first, k, v, state=None, mask=None, chunk_size=None)
+
+Same contract as :func:`spikegpt.kernels.wkv`. The sequence is cut into chunks of ``chunk_size`` tokens
+(``CHUNK_SIZE`` when None, read at every call); the recurrence runs inside all chunks at once, then a scan
+over the chunk boundaries, then every output at once, with the running max everywhere. The backward is
+written out in the same three passes. A padded batch is first compacted (each row's real tokens moved to
+the front, in order), so chunk boundaries sit at fixed real-token positions of each row: a row's outputs do
+not depend on its padding or on the other rows. One token without gradients takes a direct formula.
+Design notes: ``docs/kernels.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import compute_dtype
+from .common import NEG_INF, State, empty_state, route_max_gradient
+
+CHUNK_SIZE = 32  # tokens per chunk when the call gives none
+
+
+def _wkv_step(w, u, k, v, state: State, mask):
+    """One token. k, v: (B, C) in the compute dtype; mask: (B,) bool or None."""
+    a, b, p = state
+    ww = u + k
+    q = torch.maximum(p, ww)
+    e1, e2 = torch.exp(p - q), torch.exp(ww - q)
+    y = (e1 * a + e2 * v) / (e1 * b + e2)
+    ww = p + w
+    q = torch.maximum(ww, k)
+    e1, e2 = torch.exp(ww - q), torch.exp(k - q)
+    new = (e1 * a + e2 * v, e1 * b + e2, q)
+    if mask is None:
+        return y, new
+    m = mask[:, None]
+    return torch.where(m, y, 0.0), tuple(torch.where(m, n, o) for n, o in zip(new, state))
+
+
+def _plan(T: int, chunk: int) -> tuple[int, int]:
+    """(L, N): chunk length (at most T) and number of chunks."""
+    L = min(chunk, T)
+    return L, math.ceil(T / L)
+
+
+def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-pad dim 1 of a (B, T, C) tensor to length n."""
+    return F.pad(x, (0, 0, 0, n - x.shape[1])) if n > x.shape[1] else x
+
+
+def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = False):
+    """All tokens. k, v: (B, N*L, C) in the compute dtype; mask: (B, N*L) bool or None.
+
+    Three passes, each vectorised over (batch, chunk, channel): (1) the recurrence inside every chunk
+    at once, from an empty state, L steps; (2) a scan over the N chunk boundaries that gives the state
+    entering each chunk; (3) every output at once, combining the in-chunk state before t, the entering
+    state decayed over the real tokens before t, and the current token's bonus term.
+
+    Returns y (B, N*L, C), the final state and, with ``keep``, the state before every token as
+    (P, A, Bs) (B, N*L, C): its max and its two sums scaled by e^-P (what the backward reads).
+    """
+    B, _, C = k.shape
+    k, v = k.view(B, N, L, C), v.view(B, N, L, C)
+    m = None if mask is None else mask.view(B, N, L, 1)
+
+    # (1) in-chunk recurrence from an empty state; keep the state before each position.
+    a = k.new_zeros(B, N, C)
+    b = k.new_zeros(B, N, C)
+    p = k.new_full((B, N, C), NEG_INF)
+    before = []
+    ks, vs = k.unbind(2), v.unbind(2)
+    ms = None if m is None else m.unbind(2)
+    for t in range(L):
+        before.append((a, b, p))
+        kt, vt = ks[t], vs[t]
+        ww = p + w
+        q = torch.maximum(ww, kt)
+        e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
+        new = (e1 * a + e2 * vt, e1 * b + e2, q)
+        if m is None:
+            a, b, p = new
+        else:
+            a, b, p = (torch.where(ms[t], x, y) for x, y in zip(new, (a, b, p)))
+    la, lb, lp = a, b, p  # each chunk's own contribution at its end
+    at, bt, pt = (torch.stack(x, dim=2) for x in zip(*before))  # (B, N, L, C)
+
+    # (2) scan the chunk boundaries: the state entering chunk j, then decayed over its n_j real tokens.
+    if m is None:
+        count = torch.arange(L, device=k.device, dtype=k.dtype).expand(B, N, L)
+        n = torch.full((B, N, 1), float(L), device=k.device, dtype=k.dtype)
+    else:
+        mf = m[..., 0].to(k.dtype)
+        count = mf.cumsum(-1) - mf  # real tokens before t within its chunk
+        n = mf.sum(-1, keepdim=True)
+    nw = n * w  # (B, N, C)
+    a, b, p = state
+    ins = []
+    for nwj, laj, lbj, lpj in zip(nw.unbind(1), la.unbind(1), lb.unbind(1), lp.unbind(1)):
+        ins.append((a, b, p))
+        pw = p + nwj
+        q = torch.maximum(pw, lpj)
+        e1, e2 = torch.exp(pw - q), torch.exp(lpj - q)
+        a, b, p = e1 * a + e2 * laj, e1 * b + e2 * lbj, q
+    ai, bi, pi = (torch.stack(x, dim=1)[:, :, None] for x in zip(*ins))  # (B, N, 1, C)
+
+    # (3) outputs
+    S = pi + count[..., None] * w
+    D = u + k
+    if keep:  # the whole state before t, then the output from it
+        P = torch.maximum(pt, S)
+        et, eS = torch.exp(pt - P), torch.exp(S - P)
+        A, Bs = et * at + eS * ai, et * bt + eS * bi
+        q = torch.maximum(P, D)
+        e1, e2 = torch.exp(P - q), torch.exp(D - q)
+        y = (e1 * A + e2 * v) / (e1 * Bs + e2)
+        kept = tuple(x.reshape(B, N * L, C) for x in (P, A, Bs))
+    else:
+        M = torch.maximum(torch.maximum(pt, S), D)
+        et, eS, eD = torch.exp(pt - M), torch.exp(S - M), torch.exp(D - M)
+        y = (et * at + eS * ai + eD * v) / (et * bt + eS * bi + eD)
+        kept = None
+    if m is not None:
+        y = torch.where(m, y, 0.0)
+    return y.reshape(B, N * L, C), (a, b, p), kept
+
+
+def _wkv_chunked_backward(w, u, k, v, y, kept, state0, stateT, mask, gy, gT, L: int, N: int):
+    """Gradients of ``_wkv_chunked`` in the same three vectorised passes, run backwards.
+
+    With ``P, A, Bs`` the state before token t and ``Pn`` the max after it, the adjoints of the two sums,
+    scaled by e^P like the sums themselves (``xa = dL/dnum * e^P``), follow a linear recurrence whose
+    factor ``f_t = e^{w + P_t - Pn_t}`` is at most 1:
+
+        xa_{t-1} = f_t xa_t + gy_t e1_t / d_t          xb_{t-1} = f_t xb_t - gy_t y_t e1_t / d_t
+
+    (e1, e2, d: the output's weights and denominator). It is solved like the forward: inside every chunk
+    from zero (with the running product of f), a scan over chunk ends, then every position at once. The
+    gradient of the returned max takes the argmax path of the running max: to the last key that set it
+    (and to w once per real token after it), or to the incoming max.
+    """
+    B, TT, C = k.shape
+    a0, b0, _ = state0
+    aT, bT, pT = stateT
+    ga, gb, gp = gT
+    P, A, Bs = kept
+    real = None if mask is None else mask[..., None]
+    if real is not None:
+        gy = torch.where(real, gy, 0.0)  # y is a constant 0 at padding
+    Pn = torch.cat([P[:, 1:], pT[:, None]], 1)  # the max after each token (held through padding)
+    D = u + k
+    q = torch.maximum(P, D)
+    e1, e2 = torch.exp(P - q), torch.exp(D - q)
+    gyd = gy / (e1 * Bs + e2)
+    ca = gyd * e1  # d y_t / d (state before t), times gy
+    cb = -ca * y
+    bonus = gyd * e2  # d y_t / d v_t through the current token's own term, times gy
+    f = torch.exp(w + P - Pn)
+    g = torch.exp(k - Pn)  # e^{k_t} in the scaled update
+    if real is not None:
+        f = torch.where(real, f, 1.0)  # padding holds the state
+        g = torch.where(real, g, 0.0)
+
+    # (1) inside every chunk, backwards from a zero adjoint at its end
+    fs, cas, cbs = (x.view(B, N, L, C).unbind(2) for x in (f, ca, cb))
+    xa = k.new_zeros(B, N, C)
+    xb = k.new_zeros(B, N, C)
+    prod = k.new_ones(B, N, C)
+    after = [None] * L  # (xa, xb, product of f) for the state after each position
+    for t in range(L - 1, -1, -1):
+        after[t] = (xa, xb, prod)
+        xa = torch.addcmul(cas[t], fs[t], xa)
+        xb = torch.addcmul(cbs[t], fs[t], xb)
+        prod = fs[t] * prod
+    # (2) scan the chunk ends from the last: the adjoint arriving at each chunk's final state
+    end_a, end_b = ga, gb
+    ends = [None] * N
+    for j in range(N - 1, -1, -1):
+        ends[j] = (end_a, end_b)
+        end_a = torch.addcmul(xa[:, j], prod[:, j], end_a)
+        end_b = torch.addcmul(xb[:, j], prod[:, j], end_b)
+    ga0, gb0 = end_a, end_b  # the adjoint of the incoming state
+    # (3) every position: the adjoint of the state after t
+    la, lb, lprod = (torch.stack(x, dim=2) for x in zip(*after))  # (B, N, L, C)
+    ea, eb = (torch.stack(x, dim=1)[:, :, None] for x in zip(*ends))  # (B, N, 1, C)
+    XA = torch.addcmul(la, lprod, ea).view(B, TT, C)
+    XB = torch.addcmul(lb, lprod, eb).view(B, TT, C)
+
+    gv = torch.addcmul(bonus, XA, g)
+    vy = bonus * (v - y)
+    gk = torch.addcmul(vy, g, torch.addcmul(XB, XA, v))
+    gu = vy.sum((0, 1))
+    wterm = f * (XA * A + XB * Bs)
+    if real is not None:
+        wterm = torch.where(real, wterm, 0.0)
+    gw = wterm.sum((0, 1))
+
+    # the returned max: routed along the argmax path of the running max
+    sets = k >= P + w  # token t set the running max
+    if real is not None:
+        sets = sets & real
+    steps = torch.arange(TT, device=k.device).view(1, TT, 1)
+    last = torch.where(sets, steps, -1).amax(1)  # (B, C): the last token that set it, -1 if none
+    gw_max, gp0_max = route_max_gradient(gp - ga * aT - gb * bT, last, mask, gk)
+    return gw + gw_max, gu, gk, gv, ga0, gb0, ga0 * a0 + gb0 * b0 + gp0_max
+
+
+class _WKVFunction(torch.autograd.Function):
+    """The chunked path with its own backward (no autograd graph over the L + N Python steps)."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, a0, b0, p0, mask, chunk):  # type: ignore[override]
+        B, T, C = k.shape
+        L, N = _plan(T, chunk)
+        if N * L > T:  # the ragged last chunk is handled as padding
+            if mask is None:
+                mask = torch.ones(B, T, dtype=torch.bool, device=k.device)
+            k, v = _pad_to(k, N * L), _pad_to(v, N * L)
+            mask = F.pad(mask, (0, N * L - T), value=False)
+        keep = any(ctx.needs_input_grad[:7])
+        y, st, kept = _wkv_chunked(w, u, k, v, (a0, b0, p0), mask, L, N, keep=keep)
+        if keep:
+            ctx.save_for_backward(w, u, k, v, y, *kept, a0, b0, p0, *st, mask)
+            ctx.shape = (T, L, N)
+        return (y[:, :T] if N * L > T else y), *st
+
+    @staticmethod
+    def backward(ctx, gy, ga, gb, gp):  # type: ignore[override]
+        w, u, k, v, y, P, A, Bs, a0, b0, p0, aT, bT, pT, mask = ctx.saved_tensors
+        T, L, N = ctx.shape
+        gy = _pad_to(gy, N * L)
+        gT = tuple(torch.zeros_like(a0) if g is None else g for g in (ga, gb, gp))
+        gw, gu, gk, gv, ga0, gb0, gp0 = _wkv_chunked_backward(
+            w, u, k, v, y, (P, A, Bs), (a0, b0, p0), (aT, bT, pT), mask, gy, gT, L, N
+        )
+        return gw, gu, gk[:, :T], gv[:, :T], ga0, gb0, gp0, None, None
+
+
+def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse): ``order[b]`` lists row b's real positions first (in order), then its padding;
+    ``inverse`` undoes it. mask: (B, T) bool."""
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    ramp = torch.arange(mask.shape[1], device=mask.device).expand_as(order)
+    return order, torch.empty_like(order).scatter_(1, order, ramp)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Positions ``index`` (B, T) of each row of x (B, T, C)."""
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+def wkv_torch(
+    time_decay: torch.Tensor,
+    time_first: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: State | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, State]:
+    """WKV over (B, T, C) ``k``, ``v`` (any float dtype; accumulated in fp32, or fp64 for fp64 inputs).
+
+    ``mask``: (B, T) bool or None. ``chunk_size``: tokens per chunk (>= 1; None reads ``CHUNK_SIZE``).
+    Returns y (B, T, C) in v's dtype and the state after the last token, each (B, C) in the accumulation
+    dtype. Inputs are not checked here: :func:`spikegpt.kernels.wkv` does that.
+    """
+    B, T, C = k.shape
+    dt, out_dtype = compute_dtype(k), v.dtype
+    w = -torch.exp(time_decay.to(dt))
+    u = time_first.to(dt)
+    st = empty_state(B, C, k.device, dt) if state is None else tuple(s.to(dt) for s in state)
+    if T == 1 and not torch.is_grad_enabled():
+        y, st = _wkv_step(w, u, k[:, 0].to(dt), v[:, 0].to(dt), st, None if mask is None else mask[:, 0])
+        return y[:, None].to(out_dtype), st
+    chunk = CHUNK_SIZE if chunk_size is None else chunk_size
+    if chunk < 1:
+        raise ValueError(f"wkv: chunk_size must be >= 1, got {chunk}")
+    k, v = k.to(dt), v.to(dt)
+    inverse = None
+    if mask is not None:
+        order, inverse = _compact(mask)
+        k, v, mask = _take(k, order), _take(v, order), mask.gather(1, order)
+    a, b, p = st
+    y, *st = _WKVFunction.apply(w, u, k, v, a, b, p.clamp(min=NEG_INF), mask, chunk)
+    if inverse is not None:
+        y = _take(y, inverse)
+    return y.to(out_dtype), tuple(st)

@@ -7,7 +7,7 @@
     python benchmarks/bench_kernels.py --sweep               # CUDA: the Triton WKV under other launch shapes
 
 Rows: for each op, shape and pass (fwd, fwd+bwd), every implementation that can run here: ``triton``
-(CUDA only; for WKV also ``tchunk``, the chunk-parallel Triton design of ``wkv_triton_chunked.py``),
+(CUDA only; for WKV also ``tchunk``, the chunk-parallel Triton design of ``spikegpt/kernels/wkv/triton_chunk.py``),
 ``torch`` (the PyTorch path, every device) and, for WKV, ``fla`` (flash-linear-attention's
 ``fla.ops.rwkv4.fused_recurrent_rwkv4``, when importable). Columns: median milliseconds, achieved GB/s
 over the op's minimal traffic (below), that as a share of this device's measured copy bandwidth
@@ -26,7 +26,7 @@ utilisation: 6 x (parameters of every matmul, the head included) FLOPs per token
 dense bf16 peak (``--peak-tflops``; known for H100/H200 and A100).
 """
 # Named bench_kernels.py, not kernels.py: scripts put their own folder first on sys.path, and transformers 5.x
-# imports any top-level module called ``kernels`` it can find (see spec/engineering.md).
+# imports any top-level module called ``kernels`` it can find: a project module of that name collides with it.
 
 
 import argparse

@@ -34,8 +34,8 @@ else
     export TRITON_INTERPRET=0 SPIKEGPT_TEST_DEVICE=cuda
     bench_args=()
     model=tests/test_modeling_spikegpt.py
-    test_args=(tests/kernels/test_wkv_triton.py tests/kernels/test_wkv_triton_chunked.py
-               tests/kernels/test_lif_triton.py tests/kernels/test_custom_ops.py
+    test_args=(tests/kernels/wkv/test_triton_recurrent.py tests/kernels/wkv/test_triton_chunk.py
+               tests/kernels/lif/test_triton_recurrent.py tests/kernels/test_custom_ops.py
                "$model::test_triton_backend_model_matches_torch_backend"
                "$model::test_torch_compile_traces_whole_model_without_graph_breaks")
 fi
@@ -49,13 +49,10 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/
 if ! "$PY" -c "import spikegpt.kernels" 2>/dev/null; then
     stamp "== install (editable, no dependencies)"
     if ! "$PY" -m pip install -q --no-deps --no-build-isolation -e .; then
-        # No build backend here: lay out the package as it installs (kernels/ and train/ inside spikegpt/).
-        shim=$(mktemp -d) && mkdir "$shim/spikegpt"
-        for f in spikegpt/*; do ln -s "$PWD/$f" "$shim/spikegpt/"; done
-        ln -s "$PWD/kernels" "$shim/spikegpt/kernels" && ln -s "$PWD/train" "$shim/spikegpt/train"
-        export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+        # No build backend here: the source tree is the package as it installs.
+        export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
         "$PY" -c "import spikegpt.kernels" || { echo "install failed"; exit 1; }
-        echo "pip install failed; using the source tree through PYTHONPATH=$shim"
+        echo "pip install failed; using the source tree through PYTHONPATH=$PWD"
     fi
 fi
 

@@ -2,11 +2,11 @@
 
     python benchmarks/shadow_tiny.py [--teacher_steps 400] [--distill_steps 200] [--out runs/shadow_tiny]
 
-Every training run goes through ``train/pretrain.py`` (the students through ``configs/distill-tiny.yaml``):
+Every training run goes through ``spikegpt train`` (the students through ``configs/distill-tiny.yaml``):
 
 1. teacher: ``configs/tiny.yaml`` with ``spiking: false`` (RWKV-4: 4 blocks x 128, context 64, BPE 4096)
    for ``teacher_steps``;
-2. students: the teacher's weights with spiking on (``train/distill.py`` prepares them), distilled for
+2. students: the teacher's weights with spiking on (``python -m spikegpt.train.distill`` prepares them), distilled for
    ``distill_steps`` with CE + T^2 KL (T = 2), in variants: plain, with the LIF input calibration, with
    spike annealing over the first quarter, and CE only (the converted init without the teacher's KL);
 3. baselines: the same spiking model trained from scratch (``configs/tiny.yaml``, the teacher's tokenizer)
@@ -50,8 +50,8 @@ def train(out: Path, config: str, steps: int, *extra: str) -> float:
     if done(out):
         print(f"reusing {out}", flush=True)
         return float("nan")
-    return run([sys.executable, "train/pretrain.py", "--config", config, "--output_dir", str(out), "--overwrite",
-                "true", "--max_steps", str(steps), *COMMON, *extra])
+    return run([sys.executable, "-m", "spikegpt.train.pretrain", "--config", config, "--output_dir", str(out),
+                "--overwrite", "true", "--max_steps", str(steps), *COMMON, *extra])
 
 
 def evaluate(model_dir: Path, teacher_dir: Path) -> dict:
@@ -106,7 +106,8 @@ def main() -> None:
         init = out / f"init-{'calibrated' if name == 'calibrated' else 'plain'}"
         recipe = ["--init_from", str(init), "--objective_args.teacher", str(teacher), *variants[name]]
         if not done(init):
-            run([sys.executable, "train/distill.py", "--config", "configs/distill-tiny.yaml", "--force", *recipe])
+            run([sys.executable, "-m", "spikegpt.train.distill", "--config", "configs/distill-tiny.yaml", "--force",
+                 *recipe])
         label = f"converted, before training ({'calibrated' if name == 'calibrated' else 'plain'})"
         if label not in rows:
             rows[label] = {**evaluate(init, teacher), "steps": 0}

@@ -155,9 +155,11 @@ class BinaryEmbedding(SpikeSite, nn.Module):
         self.spiking = config.spiking
         self.surrogate, self.alpha = config.surrogate, config.surrogate_alpha
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        """e: (B, T, C) embedding rows. Returns spikes (B, T, C) in e's dtype."""
-        return heaviside(e, self.surrogate, self.alpha) if self.spiking else e
+    def forward(self, e: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """e: (B, T, C) embedding rows; mask: (B, T) bool or None. Returns spikes (B, T, C) in e's dtype, 0 at
+        padding (padding carries nothing)."""
+        x = heaviside(e, self.surrogate, self.alpha) if self.spiking else e
+        return x if mask is None else x * mask[..., None].to(x.dtype)
 
 
 class LIF(SpikeSite, nn.Module):
@@ -258,6 +260,10 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True
 
+    def __init__(self, config: SpikeGPTConfig, *args, **kwargs):
+        config.validate()  # also catches fields changed after the config was built
+        super().__init__(config, *args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
         """``PreTrainedModel.from_pretrained``, refusing a checkpoint that does not fit.
@@ -357,8 +363,8 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"state must be a SpikeGPTState, got {type(state).__name__}")
             state.validate(self.config, B, dtype=emb.dtype, device=emb.device)
         mask = real_token_mask(attention_mask, B, T, state is not None)
-        if B == 1 and mask is None:
-            return None
+        if (B == 1 and mask is None) or (mask is not None and not bool(mask.any())):
+            return None  # one row alone, or nothing real at all (every state is held): one batched call
         return torch.ones(B, T, dtype=torch.bool, device=emb.device) if mask is None else mask
 
     def _rowwise(self, input_ids, inputs_embeds, mask, state, **kwargs):
@@ -388,9 +394,7 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
 
 def _merge_rows(rows, states, B, T, keep, device):
     """Assemble per-row outputs of ``_rowwise`` into one batch output (zeros at padded positions)."""
-    template = next((out for _, out in rows if out is not None), None)
-    if template is None:
-        raise ValueError("every row of the batch is padding: nothing to compute")
+    template = next(out for _, out in rows if out is not None)
     merged = {}
     for name, value in template.items():
         if name == "state":
@@ -451,6 +455,8 @@ def _validate_input_ids(input_ids, vocab_size: int) -> None:
         )
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        return  # the caller reports the empty dimension
     if torch.compiler.is_compiling():
         # Reading min/max back to the host would break a compiled graph; there the embedding's own index
         # check reports an out-of-range id instead.
@@ -581,9 +587,7 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         B = x.shape[0]
         if state is None:
             state = SpikeGPTState.empty(self.config, B, device=x.device, dtype=self.emb.weight.dtype)
-        x = self.emb_spike(x)  # binary embedding
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)  # padding carries nothing (it is never read anyway)
+        x = self.emb_spike(x, mask)  # binary embedding
         all_hidden = (x,) if output_hidden_states else None
         new_layers = []
         for l, block in enumerate(self.blocks):

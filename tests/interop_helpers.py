@@ -50,10 +50,15 @@ def tiny_model(seed=0, dtype=torch.float32, **kw) -> SpikeGPTForCausalLM:
 
 
 def spike_totals(model, ids) -> list[tuple[float, int]]:
-    """(spikes, neuron-steps) of every LIF module over one forward, in module order (the test's own hooks)."""
+    """(spikes, neuron-steps) of every branch LIF over one forward, in module order: the tests' own hooks on
+    the ``LIF`` modules, independent of ``spikegpt.recording`` (ids without padding). Fails unless it finds
+    the two LIFs of every block (``blocks.{l}.att_lif`` / ``ffn_lif``)."""
+    lifs = [(name, m) for name, m in model.named_modules() if isinstance(m, LIF)]
+    want = [f"blocks.{l}.{b}_lif" for l in range(model.config.num_hidden_layers) for b in ("att", "ffn")]
+    assert [name.removeprefix("model.") for name, _ in lifs] == want, [name for name, _ in lifs]
     out = []
     hooks = [m.register_forward_hook(lambda m, i, o: out.append((float(o[0].sum()), o[0].numel())))
-             for m in model.modules() if isinstance(m, LIF)]
+             for _, m in lifs]
     try:
         with torch.no_grad():
             model(ids)

@@ -1,4 +1,4 @@
-"""An independent SpikeGPT forward, written from spec/model.md with plain loops, for tests only.
+"""An independent SpikeGPT forward, written from the published equations with plain loops, for tests only.
 
 It reads a state dict in the ORIGINAL checkpoint layout (``emb.weight``, ``blocks.{l}.att.time_mix_k`` of
 shape (1, 1, C), ...), computes in float64, and shares no code with the package: WKV is its

@@ -142,3 +142,20 @@ def test_return_dict_in_generate_scores(model):
     assert len(out.scores) == 5
     full = model(out.sequences).logits
     torch.testing.assert_close(out.scores[0][0].double(), full[0, 6], rtol=1e-5, atol=1e-5)
+
+
+def test_dict_outputs_of_generate_carry_hidden_states(model):
+    """``output_hidden_states=True, return_dict_in_generate=True``: per step, the L + 1 hidden states of the
+    positions that step computed (the whole prompt, then one token), equal to a parallel forward's."""
+    ids = prompt(model, B=2)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                         output_hidden_states=True, return_dict_in_generate=True)
+    L, T = model.config.num_hidden_layers, ids.shape[1]
+    assert len(out.hidden_states) == 4 and all(len(step) == L + 1 for step in out.hidden_states)
+    with torch.no_grad():
+        full = model(out.sequences[:, :-1], output_hidden_states=True).hidden_states
+    for layer in range(L + 1):
+        torch.testing.assert_close(out.hidden_states[0][layer], full[layer][:, :T], rtol=1e-9, atol=1e-9)
+        for step in range(1, 4):
+            torch.testing.assert_close(out.hidden_states[step][layer], full[layer][:, T + step - 1 : T + step],
+                                       rtol=1e-9, atol=1e-9)

@@ -5,9 +5,17 @@ import os
 import pytest
 import torch
 from reference_model import reference_logits, to_original_layout
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM, SpikeGPTModel, SpikeGPTState
+from spikegpt import (
+    SpikeGPTConfig,
+    SpikeGPTForCausalLM,
+    SpikeGPTForSequenceClassification,
+    SpikeGPTModel,
+    SpikeGPTState,
+)
 from spikegpt.modeling_spikegpt import LIF, causal_lm_loss
 
 
@@ -162,14 +170,25 @@ def test_dtypes_run_and_train(dtype):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_gradient_checkpointing_same_gradients():
+def test_gradient_checkpointing_is_transformers_layer_recompute_with_same_gradients():
+    """Blocks are ``GradientCheckpointingLayer``s: ``gradient_checkpointing_enable`` recomputes each block in the
+    backward pass (its inner modules run twice) and the gradients are those of the plain backward."""
     model = make_model(dtype=torch.float64).train()
+    assert all(isinstance(b, GradientCheckpointingLayer) for b in model.model.blocks)
+    runs = []
+    for block in model.model.blocks:
+        block.att.register_forward_hook(lambda *a: runs.append(1))
     ids = ids_for(model, 2, 20)
     model(ids, labels=ids).loss.backward()
     g1 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert len(runs) == model.config.num_hidden_layers
+    runs.clear()
     model.zero_grad()
-    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)  # 5.24 / 5.17
+    enable()
+    assert all(b.gradient_checkpointing for b in model.model.blocks)
     model(ids, labels=ids).loss.backward()
+    assert len(runs) == 2 * model.config.num_hidden_layers  # forward, then again in the backward
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, g1[n], msg=n)
 
@@ -219,35 +238,6 @@ def test_save_load_bit_identical_and_auto_classes(tmp_path):
     assert SpikeGPTModel._no_split_modules == ["SpikeGPTBlock"]
 
 
-def test_bad_inputs_raise_clear_errors(tmp_path):
-    model = make_model()
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        model(torch.tensor([[1, 2, 61]]))
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        model(torch.tensor([[-1, 2]]))
-    with pytest.raises(ValueError, match="rank"):
-        model(torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="integer"):
-        model(torch.tensor([[1.0, 2.0]]))
-    st = model(ids_for(model, 2, 4), use_cache=True).state
-    with pytest.raises(ValueError, match="batch size"):
-        model(ids_for(model, 3, 4), state=st)
-    other = make_model(hidden_size=24)
-    st_other = other(ids_for(other, 2, 4), use_cache=True).state
-    with pytest.raises(ValueError, match="different model"):
-        model(ids_for(model, 2, 4), state=st_other)
-    with pytest.raises(ValueError, match="attention_mask"):
-        model(ids_for(model, 2, 4), attention_mask=torch.ones(2, 5))
-    model.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="wrong shape"):
-        SpikeGPTForCausalLM.from_pretrained(tmp_path, config=SpikeGPTConfig(vocab_size=61, hidden_size=48,
-                                                                              num_hidden_layers=4))
-    with pytest.raises(ValueError, match="surrogate"):
-        SpikeGPTConfig(surrogate="nope")
-    with pytest.raises(ValueError, match="kernel_backend"):
-        SpikeGPTConfig(kernel_backend="cuda")
-
-
 def test_kernel_backend_is_not_saved(tmp_path):
     """A machine's kernel choice does not travel with the model: saved with "triton", loaded on CPU, it runs."""
     model = make_model(dtype=torch.float32, kernel_backend="triton")
@@ -258,15 +248,6 @@ def test_kernel_backend_is_not_saved(tmp_path):
     ids = ids_for(model, 1, 5)
     with torch.no_grad():  # the saved model on Triton (the interpreter here), the loaded one on PyTorch
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
-
-
-def test_state_helpers():
-    model = make_model()
-    st = SpikeGPTState.empty(model.config, 3, dtype=torch.float64)
-    assert st.batch_size == 3 and st.num_layers == 4 and st.hidden_size == 40
-    sel = st.index_select(torch.tensor([2, 0]))
-    assert sel.batch_size == 2
-    assert st.repeat_interleave(2).batch_size == 6
 
 
 def _loss_logits_state_grads(model, ids, mask, state, call=None):
@@ -330,3 +311,163 @@ def test_torch_compile_traces_whole_model_without_graph_breaks(backend):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     for n in eager[3]:
         torch.testing.assert_close(got[3][n], eager[3][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+# ------------------------------------------------------------------ the Hugging Face contract
+
+
+def test_head_classes_load_a_base_model_checkpoint_and_report_the_fresh_head(tmp_path):
+    """A ``SpikeGPTModel`` checkpoint loads into the head classes: the base weights are the checkpoint's, the
+    head is initialised (at its documented scale) and listed in ``missing_keys``, as transformers does."""
+    base = make_model(dtype=torch.float32).model
+    base.save_pretrained(tmp_path)
+    lm, info = SpikeGPTForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"head.weight"} and not info["unexpected_keys"]
+    ids = ids_for(lm, 2, 9)
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).last_hidden_state, base(ids).last_hidden_state)
+    C = lm.config.hidden_size
+    assert abs(lm.head.weight.std().item() - 0.5 / C**0.5) < 0.1 * 0.5 / C**0.5  # N(0, 0.5/sqrt(C)), not garbage
+    clf, info = SpikeGPTForSequenceClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"score.weight"}
+
+
+def test_a_truncated_checkpoint_of_the_same_class_is_refused_naming_the_keys(tmp_path):
+    model = make_model(dtype=torch.float32)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["head.weight"], weights["model.blocks.1.att.key.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: head.weight, model.blocks.1.att.key.weight"):
+        SpikeGPTForCausalLM.from_pretrained(tmp_path)
+
+
+def test_loading_errors_name_the_missing_or_broken_file(tmp_path):
+    model = make_model(dtype=torch.float32)
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"m/config.json not found"):
+        SpikeGPTForCausalLM.from_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "cut")
+    f = tmp_path / "cut" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cut/model.safetensors \(truncated or corrupt"):
+        SpikeGPTForCausalLM.from_pretrained(tmp_path / "cut")
+    model.save_pretrained(tmp_path / "ok")
+    with pytest.raises(ValueError, match=r"wrong shape: head.weight \(checkpoint \(61, 40\), model \(61, 48\)\)"):
+        SpikeGPTForCausalLM.from_pretrained(
+            tmp_path / "ok", config=SpikeGPTConfig(vocab_size=61, hidden_size=48, num_hidden_layers=4))
+
+
+def test_shift_labels_and_num_items_in_batch_follow_transformers():
+    """``shift_labels`` are already shifted (position t predicts shift_labels[:, t]); ``num_items_in_batch``
+    turns the mean into sum / num_items (transformers' loss convention under gradient accumulation)."""
+    model = make_model()
+    ids = ids_for(model, 2, 12)
+    shifted = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1)
+    with torch.no_grad():
+        by_labels = model(ids, labels=ids)
+        by_shift = model(ids, shift_labels=shifted)
+        summed = model(ids, labels=ids, num_items_in_batch=7)
+    logp = torch.log_softmax(by_labels.logits.double(), -1)
+    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None]).sum()
+    torch.testing.assert_close(by_shift.loss.double(), nll / 22)
+    torch.testing.assert_close(by_labels.loss.double(), nll / 22)
+    torch.testing.assert_close(summed.loss.double(), nll / 7)
+    with pytest.raises(ValueError, match="exactly one of labels and shift_labels"):
+        model(ids, labels=ids, shift_labels=shifted)
+
+
+def test_inputs_embeds_equal_input_ids_in_forward_and_generate():
+    """``inputs_embeds`` are rows of the embedding table; the binary step applies to them as to E[idx]."""
+    model = make_model(dtype=torch.float32)
+    ids = ids_for(model, 2, 9)
+    emb = model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        assert torch.equal(model(inputs_embeds=emb).logits, model(ids).logits)
+    mask = torch.ones_like(ids)
+    by_ids = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    by_emb = model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(by_emb, by_ids[:, ids.shape[1]:])  # decoder-only generate returns only the new tokens
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(ids, inputs_embeds=emb)
+    with pytest.raises(ValueError, match=r"inputs_embeds must be a \(batch, seq_len, 40\)"):
+        model(inputs_embeds=emb[..., :5])
+
+
+def test_attention_mask_over_past_and_new_tokens_with_a_state():
+    """With a state, a mask covering past + new tokens (transformers' convention with a cache) is read by its
+    last T columns; without a state it must match the input."""
+    model = make_model()
+    ids = ids_for(model, 2, 11)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        whole = model(ids, attention_mask=mask, use_cache=True)
+        first = model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
+        rest = model(ids[:, 6:], attention_mask=mask, state=first.state, use_cache=True)
+    torch.testing.assert_close(rest.logits, whole.logits[:, 6:], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids[:, 6:], attention_mask=mask)  # no state: must be (2, 5)
+    with pytest.raises(ValueError, match="only 0"):
+        model(ids, attention_mask=mask * 2)
+
+
+def test_torch_export_of_the_one_token_step_with_a_state_in_and_out():
+    """``torch.export`` takes the state as an input and returns it (SpikeGPTState is a pytree node); the exported
+    step equals eager, and continuing with its state equals the eager continuation."""
+    model = make_model(dtype=torch.float32)
+
+    class Step(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids, state):
+            out = self.lm(input_ids=ids, state=state, use_cache=True)
+            return out.logits, out.state
+
+    ids = ids_for(model, 2, 8)
+    with torch.no_grad():
+        state = model(ids, use_cache=True).state
+        nxt = ids_for(model, 2, 1, seed=5)
+        exported = torch.export.export(Step(model), (nxt, state)).module()
+        got_logits, got_state = exported(nxt, state)
+        want_logits, want_state = Step(model)(nxt, state)
+        assert isinstance(got_state, SpikeGPTState)
+        assert torch.equal(got_logits, want_logits)
+        assert all(torch.equal(a, b) for a, b in zip(got_state.tensors(), want_state.tensors()))
+        again, _ = exported(nxt, got_state)
+        assert torch.equal(again, Step(model)(nxt, want_state)[0])
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make_model()
+    ids = ids_for(model, 2, 4)
+    cases = [
+        ((torch.tensor([[1, 2, 61]]),), {}, "token id 61, outside the vocabulary"),
+        ((torch.tensor([[-1, 2]]),), {}, "token id -1, outside the vocabulary"),
+        ((torch.tensor([1, 2, 3]),), {}, "rank 1"),
+        ((torch.tensor([[1.0, 2.0]]),), {}, "integer tensor"),
+        ((torch.zeros(0, 4, dtype=torch.long),), {}, "batch size 0"),
+        ((torch.zeros(2, 0, dtype=torch.long),), {}, "seq_len = 0"),
+        ((ids,), {"labels": torch.full((2, 4), 61)}, "labels contains 61, outside the vocabulary"),
+        ((ids,), {"labels": ids[:, :3]}, r"labels must have shape \(batch, seq_len\)"),
+        ((ids,), {"attention_mask": torch.ones(2, 5)}, "attention_mask"),
+        ((ids,), {"attentionmask": torch.ones(2, 4)}, "unexpected keyword arguments"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            model(*args, **kwargs)
+    st = model(ids, use_cache=True).state
+    with pytest.raises(ValueError, match="batch size"):
+        model(ids_for(model, 3, 4), state=st)
+    other = make_model(hidden_size=24)
+    with pytest.raises(ValueError, match="different model"):
+        model(ids, state=other(ids_for(other, 2, 4), use_cache=True).state)
+    with pytest.raises(ValueError, match=r"state.att_shift is torch.float32 but a torch.float64 model needs"):
+        model(ids, state=st.to(dtype=torch.float32))
+    with pytest.raises(ValueError, match="state must be a SpikeGPTState"):
+        model(ids, state=st.tensors())
+    with pytest.raises(ValueError, match="no attention weights"):
+        model(ids, output_attentions=True)

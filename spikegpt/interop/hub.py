@@ -61,9 +61,10 @@ def model_card(
     """A model card (``README.md`` text with YAML metadata) for a SpikeGPT model.
 
     ``data``: what it was trained on (free text or a mapping shown as a table); ``datasets``: Hub dataset ids
-    for the metadata; ``metrics``: name -> value (e.g. the JSON line of ``train/evaluate.py``);
-    ``firing_rates``: layer name -> fraction of neurons firing per token (see
-    :func:`spikegpt.tools.energy.measure_spikes`); ``tokenizer``: its name or path, for the record.
+    for the metadata; ``metrics``: name -> value (e.g. the JSON line of ``spikegpt eval``);
+    ``firing_rates``: spike-site path -> fraction of neurons firing per token (the ``rates()`` of
+    :func:`spikegpt.recording.record_spikes`, e.g. ``"model.blocks.0.att_lif"``); ``tokenizer``: its name or
+    path, for the record.
     """
     cfg = model.config
     title = repo_id.split("/")[-1] if repo_id else "SpikeGPT model"

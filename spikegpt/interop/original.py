@@ -16,7 +16,7 @@ Hub (``ridger/SpikeGPT-OpenWebText-216M``)::
 :func:`from_original` reads it with ``torch.load(weights_only=True)`` (no code from the file is run), infers
 V, C, L and F from the keys, checks every key and shape, and returns a :class:`SpikeGPTForCausalLM` whose
 parallel forward is the original training forward (the original's recurrent demo has known faults; see
-``shared/spec/model.md``). The neuron settings are the original's (tau 2, threshold 1, hard reset to 0,
+``docs/model.md``). The neuron settings are the original's (tau 2, threshold 1, hard reset to 0,
 ATan surrogate with alpha 2); pass config keyword arguments to change them, e.g. ``spiking=False``.
 
     >>> from spikegpt.interop.original import from_original
@@ -81,6 +81,35 @@ def original_layout(vocab_size: int, hidden_size: int, num_layers: int, intermed
     return out
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# torch's advice after the reason: loading with weights_only=False (which runs code from the file) or
+# allow-listing the file's classes; neither is passed on
+_ADVICE = re.compile(r"\s*(Please use `torch\.serialization\.|Check the documentation of torch\.load|"
+                     r"Re-running `torch\.load`).*", re.DOTALL)
+
+
+def _load_failure_message(path: str, error: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``error``, in full and in one line, without
+    torch's advice to load the file with ``weights_only=False`` (that runs code from the file)."""
+    text = _ANSI.sub("", str(error))
+    if "WeightsUnpickler error:" in text:  # the weights-only unpickler refused the file: say what it met
+        reason = _ADVICE.sub("", text.split("WeightsUnpickler error:", 1)[1])
+        reason = " ".join(reason.split()).rstrip(".") or type(error).__name__
+        if reason.startswith("Unsupported global"):
+            return (
+                f"cannot read {path} safely as a state dict of tensors: it holds more than tensors and plain "
+                f"containers (dict, list, tuple, numbers, strings), and unpickling the rest would run code from "
+                f"the file ({reason}). A state dict saved with torch.save(model.state_dict(), path) holds only "
+                f"tensors"
+            )
+        return (
+            f"cannot read {path} safely as a state dict of tensors: the weights-only unpickler cannot parse it "
+            f"({reason}); it is not a file written by torch.save, or it is damaged"
+        )
+    reason = " ".join(_ADVICE.sub("", text).split()) or type(error).__name__
+    return f"cannot read {path} as a PyTorch checkpoint: it is damaged or not a file written by torch.save ({reason})"
+
+
 def _load(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict itself: from a file (``weights_only``), or a mapping; unwraps trainer containers."""
     if isinstance(path_or_state_dict, Mapping):
@@ -93,8 +122,7 @@ def _load(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) ->
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickled code, corrupt file, not a torch file at all
-            msg = " ".join(str(e).split())[:300]
-            raise ValueError(f"cannot read {path} as a PyTorch state dict (weights_only=True): {msg}") from e
+            raise ValueError(_load_failure_message(path, e)) from e
         where = path
     for _ in range(2):  # {"state_dict": {...}} or {"model": {...}}
         if isinstance(sd, Mapping) and "emb.weight" not in sd:

@@ -13,13 +13,13 @@ HF's *inference* halves the residual stream every ``rescale_every`` (6) layers a
 ``attention.output`` / ``feed_forward.value`` to match. Halving is exact in floating point, so that only
 changes the LayerNorms' effective eps (``LN_eps(x / s) = LN_{eps s^2}(x)``): a relative change of the
 order of ``4^k eps / var`` in the normalised inputs of layer block ``k``. SpikeGPT does not rescale (a
-fixed spiking threshold makes the trick change the outputs; ``spec/model.md``), so the converted model is
+fixed spiking threshold makes the trick change the outputs), so the converted model is
 the RWKV-4 model as *trained*, which equals HF with ``rescale_every=0``. A HF model whose weights are
 currently rescaled (an eval forward has run) is un-rescaled on conversion.
 
 The spiking model made from the same weights is a poor language model until it is trained (every branch
 output becomes binary spikes, and the embedding becomes a binary code): :func:`calibrate_lif_scales`
-(a parameter-free rescaling of each LIF's input) and the distillation recipe (``train/distill.py``,
+(a parameter-free rescaling of each LIF's input) and the distillation recipe (``spikegpt.train.distill``,
 ``docs/shadow_training.md``) recover it.
 
 Hugging Face's recurrent state is a list of five (B, C, L) tensors: [0] the FFN token-shift input, [1] the
@@ -40,6 +40,7 @@ import torch
 
 from spikegpt.configuration_spikegpt import SpikeGPTConfig
 from spikegpt.modeling_spikegpt import LIF, SpikeGPTForCausalLM
+from spikegpt.recording import record_spikes, spike_sites
 from spikegpt.state import SpikeGPTState
 
 logger = logging.getLogger(__name__)
@@ -298,40 +299,47 @@ def state_to_rwkv(state: SpikeGPTState) -> list[torch.Tensor]:
             (state.ffn_shift, state.att_shift, state.wkv_num, state.wkv_den, state.wkv_max)]
 
 
-def _lif_modules(model: torch.nn.Module) -> dict[str, tuple[LIF, torch.nn.Linear]]:
-    """``{"blocks.{l}.att": (its LIF, the Linear feeding it), "blocks.{l}.ffn": ...}``."""
-    base = model.model if isinstance(model, SpikeGPTForCausalLM) else model
-    out = {}
-    for l, block in enumerate(base.blocks):
-        out[f"blocks.{l}.att"] = (block.att_lif, block.att.output)
-        out[f"blocks.{l}.ffn"] = (block.ffn_lif, block.ffn.value)
-    return out
+# a branch LIF's name in its block -> the Linear (in the same block) whose output it integrates
+_FEEDS = {"att_lif": "att.output", "ffn_lif": "ffn.value"}
+
+
+def _branch_sites(model: torch.nn.Module) -> dict[str, LIF]:
+    """The branch LIFs among ``model``'s spike sites, by module path (``"model.blocks.{l}.att_lif"``, ...)."""
+    return {name: m for name, m in spike_sites(model).items() if isinstance(m, LIF)}
+
+
+def _feeding_linear(model: torch.nn.Module, site: str) -> torch.nn.Linear:
+    """The Linear feeding branch LIF ``site``, found in the site's parent block (att.output / ffn.value)."""
+    parent, _, leaf = site.rpartition(".")
+    if leaf not in _FEEDS:
+        raise ValueError(f"{site!r} is not a branch LIF of a SpikeGPT block (one of {sorted(_FEEDS)})")
+    return model.get_submodule(f"{parent}.{_FEEDS[leaf]}" if parent else _FEEDS[leaf])
 
 
 @torch.no_grad()
 def branch_outputs(model: SpikeGPTForCausalLM, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each LIF's input current (the branch output before the neuron) on ``batches`` of (B, T) token ids.
+    """Each branch LIF's input current (the branch output before the neuron) on ``batches`` of (B, T) token
+    ids (one T for all), recorded with ``record_spikes(model, keep="inputs")``.
 
-    Returns ``{"blocks.{l}.att" / "blocks.{l}.ffn": (N, T, C)}`` with the batches stacked along N, on the
-    model's device, in fp32 (fp64 for an fp64 model).
+    Returns ``{site path ("model.blocks.{l}.att_lif" / "model.blocks.{l}.ffn_lif"): (N, T, C)}`` with the
+    batches stacked along N, on the model's device, in fp32 (fp64 for an fp64 model). ``ValueError`` for no
+    batches.
     """
-    got: dict[str, list[torch.Tensor]] = {}
-    hooks = []
     acc = torch.float64 if model.dtype == torch.float64 else torch.float32
-    for name, (lif_module, _) in _lif_modules(model).items():
-        hooks.append(lif_module.register_forward_hook(
-            lambda mod, args, out, name=name: got.setdefault(name, []).append(args[0].detach().to(acc))
-        ))
+    sites = list(_branch_sites(model))
     was_training = model.training
     model.eval()
+    n = 0
     try:
-        for ids in batches:
-            model(input_ids=ids.to(model.device), use_cache=False)
+        with record_spikes(model, keep="inputs", sites=sites) as rec:
+            for ids in batches:
+                model(input_ids=ids.to(model.device), use_cache=False)
+                n += 1
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return {k: torch.cat(v) for k, v in got.items()}
+    if n == 0:
+        raise ValueError("branch_outputs needs at least one batch of token ids")
+    return {name: rec.stacked(name).to(acc) for name in sites}
 
 
 @torch.no_grad()
@@ -345,13 +353,15 @@ def calibrate_lif_scales(
 ) -> dict[str, torch.Tensor]:
     """Set each LIF's input scale from the teacher's branch outputs; a parameter-free rescaling.
 
-    For every branch (``blocks.{l}.att`` / ``blocks.{l}.ffn``) the teacher's branch output y (N, T, C) on
-    ``batches`` ((B, T) token ids) is recorded; for each channel c (or the whole layer when
-    ``per_channel=False``) the gain a from ``scales`` (default 2^-3 .. 2^5 in 33 steps, and 1) that
-    minimises ``mean_t (LIF(a y)_t - y_t)^2`` -- the spikes the student adds to the residual stream against
-    what the teacher adds -- is chosen, and row c of the student's ``att.output`` / ``ffn.value`` weight is
-    multiplied by it (the branch output is linear in those rows, so the LIF input becomes a y). Nothing
-    else changes: no new parameters, the checkpoint layout stays. Returns ``{branch: gains (C,)}``.
+    For every branch LIF (``model.blocks.{l}.att_lif`` / ``model.blocks.{l}.ffn_lif``) the teacher's branch
+    output y (N, T, C) on ``batches`` ((B, T) token ids) is recorded (:func:`branch_outputs`); for each
+    channel c (or the whole layer when ``per_channel=False``) the gain a from ``scales`` (default 2^-3 ..
+    2^5 in 33 steps, and 1) that minimises ``mean_t (LIF(a y)_t - y_t)^2`` -- the spikes the student adds to
+    the residual stream against what the teacher adds -- is chosen, and row c of the Linear feeding that
+    LIF in its block (``att.output`` / ``ffn.value``) is multiplied by it (the branch output is linear in
+    those rows, so the LIF input becomes a y). Nothing else changes: no new parameters, the checkpoint layout
+    stays. Returns ``{site path: gains (C,)}``.
+    ``ValueError`` for a non-spiking student, a spiking teacher, non-positive scales or no batches.
     """
     from spikegpt.kernels import lif
 
@@ -365,7 +375,9 @@ def calibrate_lif_scales(
     if bool((grid <= 0).any()):
         raise ValueError("calibration scales must be positive")
     ys = branch_outputs(teacher, batches)
-    modules = _lif_modules(student)
+    if set(ys) != set(_branch_sites(student)):
+        raise ValueError(f"student and teacher name their branch LIFs differently: {sorted(_branch_sites(student))} "
+                         f"vs {sorted(ys)}")
     gains: dict[str, torch.Tensor] = {}
     for name, y in ys.items():  # y: (N, T, C)
         C = y.shape[-1]
@@ -376,7 +388,7 @@ def calibrate_lif_scales(
         if not per_channel:
             err = err.mean(dim=1, keepdim=True).expand(-1, C)
         gain = grid[err.argmin(dim=0).cpu()]  # (C,)
-        linear = modules[name][1]
+        linear = _feeding_linear(student, name)
         linear.weight.mul_(gain.to(linear.weight)[:, None])
         gains[name] = gain.float()
         logger.info("calibrated %s: median gain %.3g, mean squared error %.4g", name, float(gain.median()),
@@ -386,27 +398,20 @@ def calibrate_lif_scales(
 
 @torch.no_grad()
 def firing_rates(model: SpikeGPTForCausalLM, input_ids: torch.Tensor) -> dict[str, float]:
-    """Mean firing rate of every LIF of a spiking model on ``input_ids`` (B, T), and of the binary embedding.
+    """Firing rate (spikes / neuron-steps) of every spike site of a spiking model on ``input_ids`` (B, T),
+    recorded with :func:`spikegpt.recording.record_spikes`.
 
-    Returns ``{"embedding": ..., "blocks.{l}.att": ..., "blocks.{l}.ffn": ..., "mean": mean over the LIFs}``.
+    Returns ``{"model.emb_spike": ..., "model.blocks.{l}.att_lif": ..., "model.blocks.{l}.ffn_lif": ...,
+    "mean": mean over the branch LIFs}`` (site paths in ``model``, in module order). ``ValueError`` for a
+    non-spiking model.
     """
     if not model.config.spiking:
         raise ValueError("firing_rates needs a spiking model (config.spiking=True)")
-    rates: dict[str, float] = {}
-    hooks = []
-    for name, (lif_module, _) in _lif_modules(model).items():
-        hooks.append(lif_module.register_forward_hook(
-            lambda mod, args, out, name=name: rates.__setitem__(name, float(out[0].double().mean()))
-        ))
     was_training = model.training
     model.eval()
     try:
-        out = model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        with record_spikes(model) as rec:
+            model(input_ids=input_ids.to(model.device), use_cache=False)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    layer_rates = list(rates.values())
-    rates = {"embedding": float(out.hidden_states[0].double().mean()), **rates}
-    rates["mean"] = sum(layer_rates) / max(len(layer_rates), 1)
-    return rates
+    return {**rec.rates(), "mean": rec.mean_rate(_branch_sites(model))}

@@ -2,7 +2,8 @@
 
 One folder per op (``wkv/``, ``lif/``): the public function with its dispatch in the folder's ``__init__``,
 each implementation (PyTorch, Triton) in its own file, and a plain loop reference (``naive.py``) that the
-tests compare every implementation with. ``backend.py`` chooses between PyTorch and Triton.
+tests compare every implementation with. ``backend.py`` chooses between PyTorch and Triton. Design notes:
+``docs/kernels.md``.
 """
 
 from .lif import lif

@@ -1,18 +1,9 @@
-"""Surrogate derivatives of the Heaviside step, as pure formulas.
+"""Surrogate derivatives of the Heaviside step ``H(x) = 1[x >= 0]``, as pure formulas.
 
-The forward of every spiking nonlinearity here is the Heaviside step ``H(x) = 1 if x >= 0 else 0``;
-only the backward differs. Each surrogate is a function ``grad(x, alpha) -> dH/dx`` written in a
-numerically stable form (no overflow, no NaN for any finite or infinite ``x``). Kernels and the
-SNN modules look surrogates up by name (``SURROGATES``) or by integer id (``SURROGATE_IDS``, the
-form the Triton kernels take).
-
-| name               | dH/dx                                             | alpha means       |
-|--------------------|---------------------------------------------------|-------------------|
-| ``atan``           | (alpha/2) / (1 + (pi/2 * alpha * x)^2)            | sharpness (2)     |
-| ``fast_sigmoid``   | 1 / (1 + alpha |x|)^2                             | slope (25)        |
-| ``sigmoid``        | alpha * sig(alpha x) * sig(-alpha x)              | slope (4)         |
-| ``triangular``     | max(0, alpha - alpha^2 |x|)  (area 1, half-width 1/alpha) | 1/half-width (1) |
-| ``straight_through``| 1                                                | unused            |
+Each surrogate is ``grad(x, alpha) -> dH/dx`` (same shape and dtype as ``x``), finite for every finite or
+infinite ``x``. Look them up by name (``SURROGATES``, ``get_surrogate``) or by integer id
+(``SURROGATE_IDS``, what the Triton kernels take); ``heaviside`` is the step with a surrogate backward.
+The formulas side by side: ``docs/kernels.md``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,12 @@
 Submodules: ``neurons`` (Leaky, Lapicque, Synaptic, RLeaky, LIF and their pure step functions),
 ``surrogate`` (spike functions), ``spikegen`` (rate / latency / delta codes), ``functional`` (losses and
 metrics), ``bptt`` (truncated BPTT), ``eprop`` (online learning with eligibility traces), ``stdp``,
-``qat`` (fake quantisation), ``plot`` (raster and firing-rate plots; needs matplotlib).
+``qat`` (fake quantisation), ``plot`` (raster and firing-rate plots; needs matplotlib). Every neuron is a
+spike site of :mod:`spikegpt.recording`, re-exported here: ``with snn.record_spikes(net) as rec: net(x)``,
+then ``rec.rates()`` (spikes per neuron-step of each neuron module, by ``named_modules()`` path).
 """
+
+from spikegpt.recording import SpikeRecorder, record_spikes, spike_sites
 
 from . import bptt, eprop, functional, neurons, plot, qat, spikegen, stdp, surrogate
 from .bptt import detach_state, truncated_bptt
@@ -41,6 +45,7 @@ __all__ = [
     "Leaky",
     "QuantLinear",
     "RLeaky",
+    "SpikeRecorder",
     "SpikingNeuron",
     "Synaptic",
     "bptt",
@@ -56,8 +61,10 @@ __all__ = [
     "plot",
     "qat",
     "quantize_model_",
+    "record_spikes",
     "reset",
     "rleaky_step",
+    "spike_sites",
     "spikegen",
     "stdp",
     "stdp_step",

@@ -39,6 +39,7 @@ from torch import nn
 
 from spikegpt.kernels import lif as lif_op
 from spikegpt.kernels.surrogate import SURROGATES
+from spikegpt.recording import SpikeSite
 
 from . import surrogate as _surrogate
 
@@ -264,7 +265,7 @@ def lif_step(
     detach_reset: bool = False,
     spike_fn: Callable | None = None,
 ) -> tuple[torch.Tensor, LIFState]:
-    """One step of SpikeGPT's LIF (the ``lif`` op's equations, see ``spec/ops.md``)::
+    """One step of SpikeGPT's LIF (the equations of the ``spikegpt.kernels.lif`` op)::
 
         h = v + (x - (v - v_reset)) / tau;   s = H(h - threshold);   v = h (1 - s) + v_reset s   (or h - s threshold)
 
@@ -289,9 +290,11 @@ def _as_param(module: nn.Module, name: str, value: Any, learn: bool) -> None:
         module.register_buffer(name, t)
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(SpikeSite, nn.Module):
     """Base of the neuron modules: state handling, single/multi-step, ``init_hidden``. Subclasses set
-    ``state_class`` and implement ``step(x, state) -> (spk, state)`` by calling their pure step function."""
+    ``state_class`` and implement ``step(x, state) -> (spk, state)`` by calling their pure step function.
+    Every neuron is a :class:`spikegpt.recording.SpikeSite`: ``spikegpt.snn.record_spikes(net)`` counts its
+    spikes."""
 
     state_class: type = LeakyState
 

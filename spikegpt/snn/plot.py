@@ -1,22 +1,21 @@
-"""Seeing spikes: raster plots, per-layer firing rates, and a recorder of firing rates (matplotlib optional).
+"""Seeing spikes: raster plots and per-layer firing rates (matplotlib, imported only when called).
 
-``record_firing_rates(net)`` is a context manager that hooks every spiking neuron module inside
-``net`` (``spikegpt.snn`` neurons, including ``LIF``) and collects each one's mean firing rate over
-the calls made inside the block. ``raster`` and ``firing_rates`` draw onto a matplotlib ``Axes``
-(a new figure when ``ax`` is None) and return it; they import matplotlib only when called.
+``raster`` and ``firing_rates`` draw onto a matplotlib ``Axes`` (a new figure when ``ax`` is None) and
+return it. The rates to draw come from :func:`spikegpt.recording.record_spikes` (also
+``spikegpt.snn.record_spikes``), which counts the spikes of every neuron inside a network::
+
+    with snn.record_spikes(net) as rec:
+        net(x)
+    firing_rates(rec.rates())
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
-from torch import nn
 
-from .neurons import SpikingNeuron
-
-__all__ = ["firing_rates", "raster", "record_firing_rates"]
+__all__ = ["firing_rates", "raster"]
 
 
 def _pyplot():
@@ -53,7 +52,7 @@ def raster(spikes: torch.Tensor, ax=None, *, sample: int = 0, s: float = 4.0, c:
 
 def firing_rates(rates: Mapping[str, float | torch.Tensor], ax=None, **kwargs):
     """Bar chart of mean firing rate per layer: ``rates`` maps layer name -> rate (a float, or a spike
-    tensor whose mean is taken), e.g. the dict from ``record_firing_rates``. Returns the Axes."""
+    tensor whose mean is taken), e.g. ``record_spikes(net).rates()``. Returns the Axes."""
     if not rates:
         raise ValueError("firing_rates: no layers to plot")
     names = list(rates)
@@ -67,28 +66,3 @@ def firing_rates(rates: Mapping[str, float | torch.Tensor], ax=None, **kwargs):
     ax.set_ylabel("firing rate (spikes / neuron / step)")
     ax.set_ylim(0, max(1e-3, max(vals)) * 1.1)
     return ax
-
-
-@contextlib.contextmanager
-def record_firing_rates(net: nn.Module) -> Iterator[dict[str, float]]:
-    """Within the block, record each spiking neuron's mean firing rate (spikes / element) over all its
-    calls; yields a dict name -> rate, filled in as calls happen. Hooks are removed on exit."""
-    counts: dict[str, list[float]] = {}
-    rates: dict[str, float] = {}
-
-    def hook(name):
-        def fn(module, args, out):
-            spk = out[0] if isinstance(out, tuple) else out
-            c = counts.setdefault(name, [0.0, 0.0])
-            c[0] += float(spk.detach().float().sum())
-            c[1] += spk.numel()
-            rates[name] = c[0] / max(c[1], 1.0)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n or type(m).__name__)) for n, m in net.named_modules()
-               if isinstance(m, SpikingNeuron)]
-    try:
-        yield rates
-    finally:
-        for h in handles:
-            h.remove()

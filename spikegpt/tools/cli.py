@@ -6,8 +6,8 @@
     spikegpt convert --from rwkv RWKV-4-Pile-169M.pth rwkv4-169m --tokenizer EleutherAI/gpt-neox-20b
     spikegpt energy MODEL --text corpus.txt --json energy.json
     spikegpt spikes MODEL --text "The cat sat on the mat." --layers 0,3 --out spikes/
-    spikegpt train --config configs/tiny.yaml          (train/pretrain.py)
-    spikegpt eval --model runs/tiny --data builtin:python-docs --split val   (train/evaluate.py)
+    spikegpt train --config configs/tiny.yaml          (spikegpt.train.pretrain; --config is required)
+    spikegpt eval --model runs/tiny --data builtin:python-docs --split val   (spikegpt.train.evaluate)
 
 MODEL is a local directory (``save_pretrained`` output, or a training run directory) or a Hub id.
 Every command takes ``--help``. Errors are reported in one line on stderr with a non-zero exit status
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 logger = logging.getLogger("spikegpt.tools.cli")
 
 PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evaluate"}
+TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -63,23 +65,14 @@ def _dtype(name: str, device):
 
 def _model_path(spec: str) -> str:
     """A directory with config.json: itself; a run directory: its final model or newest checkpoint; else a Hub id."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return str(p)
-        try:
-            from spikegpt.train.evaluate import resolve_model_path
-        except ImportError:
-            raise CLIError(f"no model in {spec}: it has no config.json") from None
-        try:
-            return resolve_model_path(spec)
-        except FileNotFoundError as e:
-            raise CLIError(str(e)) from None
-    if p.is_file():
+    from spikegpt.train.checkpoint import resolve_model_path
+
+    if Path(spec).expanduser().is_file():
         raise CLIError(f"{spec} is a file, not a model directory (convert a checkpoint with `spikegpt convert`)")
-    if p.exists() or spec.startswith(("/", "./", "../", "~")):
-        raise CLIError(f"model directory not found: {spec}")
-    return spec
+    try:
+        return resolve_model_path(spec)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
 
 
 def _load_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
@@ -118,9 +111,9 @@ def _read_text(arg: str) -> str:
     if arg == "-":
         return sys.stdin.read()
     if arg.startswith("builtin:"):
-        from spikegpt.train.builtin_corpus import builtin_documents
+        from spikegpt.train.data import builtin_text
 
-        return "\n\n".join(builtin_documents(arg.removeprefix("builtin:")))
+        return builtin_text(arg)
     p = Path(arg).expanduser()
     if not p.is_file():
         raise CLIError(f"text file not found: {arg}")
@@ -145,6 +138,47 @@ def _positive(s: str) -> int:
     v = int(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def _temperature(s: str) -> float:
+    v = _number(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (or 0 for greedy decoding, as --greedy), got {v:g}")
+    return v
+
+
+def _top_p(s: str) -> float:
+    v = _number(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (1 keeps every token), got {v:g}")
+    return v
+
+
+def _top_k(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 keeps every token), got {v}")
+    return v
+
+
+def _repetition_penalty(s: str) -> float:
+    v = _number(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (1 means no penalty), got {v:g}")
     return v
 
 
@@ -192,35 +226,21 @@ def _passthrough(cmd: str, argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    extras = f"`spikegpt {cmd}` needs the training extras (pip install 'spikegpt[train]')"
     try:
         module = importlib.import_module(PASSTHROUGH[cmd])
     except ImportError as e:
-        raise CLIError(f"`spikegpt {cmd}` needs the training extras (pip install 'spikegpt[train]'): {e}") from e
+        raise CLIError(f"{extras}: {e}") from e
     prog = sys.argv[0]
     sys.argv[0] = f"spikegpt {cmd}"  # argparse names the program after argv[0]
     try:
-        main = getattr(module, "main", None)
-        if main is not None:
-            result = main(argv)
-        else:  # a script without main(): run it as __main__
-            import runpy
-
-            saved = sys.argv[1:]
-            sys.argv[1:] = argv
-            try:
-                runpy.run_module(PASSTHROUGH[cmd], run_name="__main__", alter_sys=True)
-            finally:
-                sys.argv[1:] = saved
-            result = None
+        result = module.main(argv)
+    except ModuleNotFoundError as e:
+        if e.name in TRAIN_EXTRAS:
+            raise CLIError(f"{extras}: {e}") from e
+        raise
     finally:
         sys.argv[0] = prog
-        if cmd == "train":
-            try:
-                from spikegpt.train.trainer import teardown
-            except ImportError:
-                teardown = None
-            if teardown is not None:
-                teardown()
     return 130 if isinstance(result, dict) and result.get("interrupted") else 0
 
 
@@ -338,18 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
     p.add_argument("--max-new-tokens", type=_positive, default=64)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--temperature", type=_temperature, default=0.8, help="> 0; 0 means greedy (as --greedy)")
+    p.add_argument("--top-k", type=_top_k, default=50, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=_top_p, default=0.95, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--repetition-penalty", type=_repetition_penalty, default=1.0, help="> 0 (1: none)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
     p.set_defaults(func=cmd_generate)
 
-    sub.add_parser("train", add_help=False, help="pretrain from a YAML recipe (train/pretrain.py; see `spikegpt "
-                   "train --help`)")
+    sub.add_parser("train", add_help=False, help="pretrain from a YAML recipe (spikegpt.train.pretrain; see "
+                   "`spikegpt train --help`)")
     sub.add_parser("eval", add_help=False, help="loss / perplexity / bits per character on text "
-                   "(train/evaluate.py; see `spikegpt eval --help`)")
+                   "(spikegpt.train.evaluate; see `spikegpt eval --help`)")
 
     p = sub.add_parser(
         "convert", help="convert an original SpikeGPT (or RWKV-4) checkpoint to a model directory", formatter_class=fmt,

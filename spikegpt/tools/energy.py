@@ -46,6 +46,7 @@ claimed saving depends on treating real-valued products as spike-driven.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,7 @@ from typing import Any
 
 import torch
 
-from spikegpt.modeling_spikegpt import LIF
+from spikegpt.recording import record_spikes, spike_sites
 
 KINDS = ("mac", "ac", "mul", "add", "special")
 
@@ -92,7 +93,8 @@ class EnergyCosts:
 @dataclass
 class SpikeStats:
     """Spike counts over ``tokens`` real tokens: ``embedding_ones`` (ones of H(E[idx])), and ``spikes`` per LIF
-    (``"layer{l}.att"`` / ``"layer{l}.ffn"``). Each LIF has ``tokens * hidden_size`` neuron-steps."""
+    by module path (``"model.blocks.{l}.att_lif"`` / ``"model.blocks.{l}.ffn_lif"`` for a causal LM). Each
+    LIF has ``tokens * hidden_size`` neuron-steps."""
 
     tokens: int
     hidden_size: int
@@ -207,52 +209,45 @@ def measure_spikes(
     model, sequences: Iterable[Sequence[int] | torch.Tensor], window: int | None = None, progress: bool = False
 ) -> SpikeStats:
     """Run ``model`` over token sequences (each in windows of ``window`` tokens that carry the recurrent
-    state, default ``config.context_length``) and count the ones of the binary embedding and every LIF's spikes.
-    """
+    state, default ``config.context_length``) and count, with :func:`spikegpt.recording.record_spikes`, the
+    ones of the binary embedding (its ``emb_spike`` site) and the spikes of every other site (the LIFs), by
+    module path in ``model``. A non-spiking model counts nothing (``SpikeStats`` with the tokens only).
+    ``ValueError`` when there are no tokens or ``model`` is not a SpikeGPT model."""
     cfg = model.config
     base = _base(model)
     window = window or int(getattr(cfg, "context_length", 1024) or 1024)
-    stats = SpikeStats(tokens=0, hidden_size=cfg.hidden_size)
-    hooks = []
-
-    def count(name):
-        def hook(module, args, out):
-            stats.spikes[name] = stats.spikes.get(name, 0) + int(torch.count_nonzero(out[0]))
-        return hook
-
-    def emb_hook(module, args, out):
-        stats.embedding_ones += int((out >= 0).sum())
-
-    if cfg.spiking:
-        for l, block in enumerate(base.blocks):
-            lifs = [(n, m) for n, m in block.named_children() if isinstance(m, LIF)]
-            for n, m in lifs:
-                name = f"layer{l}.{n.removesuffix('_lif')}"
-                stats.spikes[name] = 0
-                hooks.append(m.register_forward_hook(count(name)))
-        hooks.append(base.emb.register_forward_hook(emb_hook))
     seqs = [torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in sequences]
     if not seqs or all(len(s) == 0 for s in seqs):
         raise ValueError("no tokens to measure")
+    sites = spike_sites(model)
+    emb = [name for name, m in sites.items() if m is getattr(base, "emb_spike", None)]
+    if cfg.spiking and len(emb) != 1:
+        raise ValueError(f"expected one binary-embedding spike site (emb_spike) in {type(model).__name__}")
+    recorder = record_spikes(model) if cfg.spiking else contextlib.nullcontext()
     device = next(model.parameters()).device
     from tqdm.auto import tqdm
 
+    tokens = 0
     bar = tqdm(total=sum(len(s) for s in seqs), unit="tok", disable=not progress, dynamic_ncols=True)
     was_training = model.training
     model.eval()
     try:
-        for s in seqs:
-            state = None
-            for a in range(0, len(s), window):
-                ids = s[a : a + window][None].to(device)
-                state = base(ids, state=state, use_cache=True).state
-                stats.tokens += ids.shape[1]
-                bar.update(ids.shape[1])
+        with recorder:
+            for s in seqs:
+                state = None
+                for a in range(0, len(s), window):
+                    ids = s[a : a + window][None].to(device)
+                    state = base(ids, state=state, use_cache=True).state
+                    tokens += ids.shape[1]
+                    bar.update(ids.shape[1])
     finally:
-        for h in hooks:
-            h.remove()
         bar.close()
         model.train(was_training)
+    stats = SpikeStats(tokens=tokens, hidden_size=cfg.hidden_size)
+    if cfg.spiking:
+        counts = dict(recorder.counts)
+        stats.embedding_ones = counts.pop(emb[0])
+        stats.spikes = counts
     return stats
 
 

@@ -1,12 +1,13 @@
 """Seeing what a SpikeGPT model's spikes do: rasters of chosen layers over tokens, a firing-rate heatmap.
 
-``record_spikes`` runs a model over one token sequence and keeps every LIF's binary output (T, C);
-``save_raster`` draws chosen layers (one panel per LIF, a dot per spike, via
-:func:`spikegpt.snn.plot.raster`) and ``save_firing_heatmap`` the fraction of neurons firing per token
-for every layer. Both write PNG files and need matplotlib (``pip install spikegpt[plot]``); they use
-matplotlib's object API, so no display or pyplot backend is involved.
+``record_spikes`` runs a model over one token sequence and keeps every LIF's binary output (T, C), named
+by module path (the spike sites of :mod:`spikegpt.recording`); ``save_raster`` draws chosen layers (one
+panel per LIF, a dot per spike, via :func:`spikegpt.snn.plot.raster`) and ``save_firing_heatmap`` the
+fraction of neurons firing per token for every layer. Both write PNG files and need matplotlib
+(``pip install spikegpt[plot]``); they use matplotlib's object API, so no display or pyplot backend is
+involved.
 
-    spikes = record_spikes(model, ids)                  # {"layer0.att": (T, C), "layer0.ffn": ..., ...}
+    spikes = record_spikes(model, ids)    # {"model.blocks.0.att_lif": (T, C), "model.blocks.0.ffn_lif": ..., ...}
     save_raster(spikes, "raster.png", layers=[0, 3], tokens=["The", " cat", ...])
     save_firing_heatmap(spikes, "firing_rates.png", tokens=...)
 """
@@ -14,11 +15,14 @@ matplotlib's object API, so no display or pyplot backend is involved.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import torch
 
-from spikegpt.modeling_spikegpt import LIF
+from spikegpt.recording import SpikeRecorder, spike_sites
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
 
 
 def _figure(**kwargs):
@@ -29,11 +33,18 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
+def site_layer(name: str) -> int | None:
+    """The block index in a spike-site path (``"model.blocks.3.att_lif"`` -> 3); None outside the blocks."""
+    m = _BLOCK.search(name)
+    return int(m.group(1)) if m else None
+
+
 @torch.no_grad()
 def record_spikes(model, input_ids: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
-    """Spikes of every LIF of ``model`` over one sequence: ``{"layer{l}.att" | "layer{l}.ffn": (T, C)}`` float
-    0/1 tensors on the CPU, in layer order. ``input_ids``: (T,) or (1, T). ``ValueError`` for a
-    non-spiking model (nothing spikes) or a batch of several sequences."""
+    """Spikes of every LIF of ``model`` over one sequence, recorded by :mod:`spikegpt.recording`:
+    ``{site path: (T, C)}`` (``"model.blocks.{l}.att_lif"`` / ``"...ffn_lif"`` for a causal LM) float 0/1
+    tensors on the CPU, in layer order. ``input_ids``: (T,) or (1, T). ``ValueError`` for a non-spiking
+    model (nothing spikes) or a batch of several sequences."""
     if not model.config.spiking:
         raise ValueError("this model is not spiking (config.spiking=False): there are no spikes to record")
     ids = torch.as_tensor(input_ids, dtype=torch.long)
@@ -41,28 +52,16 @@ def record_spikes(model, input_ids: torch.Tensor | Sequence[int]) -> dict[str, t
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"record_spikes takes one sequence, (T,) or (1, T); got shape {tuple(ids.shape)}")
+    lifs = [name for name in spike_sites(model) if site_layer(name) is not None]
     base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
-    out: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(module, args, output):
-            out[name] = output[0][0].detach().float().cpu()  # spikes (T, C) of the one sequence
-        return hook
-
-    hooks = []
-    for l, block in enumerate(base.blocks):
-        for n, m in block.named_children():
-            if isinstance(m, LIF):
-                hooks.append(m.register_forward_hook(keep(f"layer{l}.{n.removesuffix('_lif')}")))
     was_training = model.training
     model.eval()
     try:
-        base(ids.to(next(model.parameters()).device), use_cache=False)
+        with SpikeRecorder(model, keep="outputs", sites=lifs) as rec:
+            base(ids.to(next(model.parameters()).device), use_cache=False)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return out
+    return {name: rec.stacked(name)[0].float().cpu() for name in lifs}  # (T, C) of the one sequence
 
 
 def _select(spikes: dict[str, torch.Tensor], layers: Sequence[int] | None) -> dict[str, torch.Tensor]:
@@ -70,11 +69,12 @@ def _select(spikes: dict[str, torch.Tensor], layers: Sequence[int] | None) -> di
         raise ValueError("no spikes to plot")
     if layers is None:
         return spikes
-    have = sorted({int(k.split(".")[0].removeprefix("layer")) for k in spikes})
+    have = sorted({l for l in map(site_layer, spikes) if l is not None})
     bad = [l for l in layers if l not in have]
     if bad:
-        raise ValueError(f"layers {bad} are not in the recording (it has layers {have[0]}..{have[-1]})")
-    return {k: v for k, v in spikes.items() if int(k.split(".")[0].removeprefix("layer")) in set(layers)}
+        span = f"layers {have[0]}..{have[-1]}" if have else "no layers"
+        raise ValueError(f"layers {bad} are not in the recording (it has {span})")
+    return {k: v for k, v in spikes.items() if site_layer(k) in set(layers)}
 
 
 def _token_ticks(ax, tokens: Sequence[str] | None, T: int, max_ticks: int = 48) -> None:
@@ -94,9 +94,10 @@ def save_raster(
     tokens: Sequence[str] | None = None,
     max_neurons: int | None = 256,
 ) -> str:
-    """Raster plot (token on x, neuron on y, a dot per spike) of the LIFs of ``layers`` (default: all), one
-    panel each, saved as an image at ``path`` (format from the extension, e.g. PNG). ``max_neurons`` keeps the
-    first that many neurons per panel (None: all). Returns the path."""
+    """Raster plot (token on x, neuron on y, a dot per spike) of the LIFs of ``layers`` (block indices, see
+    :func:`site_layer`; default: every recorded site), one panel each, saved as an image at ``path`` (format
+    from the extension, e.g. PNG). ``max_neurons`` keeps the first that many neurons per panel (None: all).
+    Returns the path. ``ValueError`` for no spikes or a layer that is not in the recording."""
     from spikegpt.snn.plot import raster
 
     chosen = _select(spikes, layers)

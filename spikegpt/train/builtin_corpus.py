@@ -42,7 +42,7 @@ def _definitions(body: list[ast.stmt]):
                 yield from _definitions(child)
 
 
-def _module_docstrings(source: bytes) -> str:
+def module_docstrings(source: bytes) -> str:
     """Docstrings of a module and of its classes and functions, in source order, separated by blank lines."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SyntaxWarning on invalid escapes in old modules
@@ -63,7 +63,7 @@ def python_docs() -> tuple[str, ...]:
     )
     for path in files:
         try:
-            text = _module_docstrings(path.read_bytes())
+            text = module_docstrings(path.read_bytes())
         except (SyntaxError, ValueError, OSError):  # a few stdlib files are deliberately broken or unreadable
             continue
         if text:

@@ -5,6 +5,12 @@ A checkpoint is a directory ``<output_dir>/checkpoint-<step>`` holding a ``save_
 RNG states and data position of every rank) and ``checkpoint.json``, a manifest with the size and SHA-256
 of every other file, written last. A directory whose manifest is missing or disagrees with its files is
 corrupt, and :func:`verify_checkpoint` raises :class:`CheckpointError` naming the directory and the file.
+
+Also here, the rest of a run directory's I/O: the RNG states saved in a checkpoint (:func:`rng_state`,
+:func:`set_rng_state`), the final model published into ``output_dir`` itself (:func:`publish_model_dir`),
+``metrics.jsonl`` cut back to a checkpoint's step on resume (:func:`truncate_metrics`), an earlier run's files
+cleared for a fresh one (:func:`clear_run_dir`), and which model or checkpoint a path means
+(:func:`resolve_model_path`, :func:`resolve_resume`).
 """
 
 from __future__ import annotations
@@ -13,15 +19,21 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.pt"
+RUN_FILES = ("metrics.jsonl", "tokenizer", "tensorboard")  # what a run writes beside its model and checkpoints
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -151,3 +163,104 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         deleted.append(p)
     return deleted
+
+
+def clear_run_dir(output_dir: str | Path) -> None:
+    """Delete what an earlier run left in ``output_dir``: its checkpoints, ``metrics.jsonl``, ``tokenizer/``,
+    ``tensorboard/`` and ``rank-*.jsonl`` logs (final model files are replaced when a run publishes its own)."""
+    output_dir = Path(output_dir)
+    for _, p in list_checkpoints(output_dir):
+        shutil.rmtree(p, ignore_errors=True)
+    for name in RUN_FILES:
+        p = output_dir / name
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in output_dir.glob("rank-*.jsonl"):
+        p.unlink()
+
+
+def resolve_resume(value: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint a ``resume`` setting means: None for empty / false / no / none / null; the newest
+    checkpoint of ``output_dir`` for true / yes / latest (None, logged, when there is none yet); else the
+    checkpoint directory ``value``. ``FileNotFoundError`` names a directory that does not exist."""
+    value = (value or "").strip()
+    if value.lower() in ("", "false", "no", "none", "null"):
+        return None
+    if value.lower() in ("true", "yes", "latest"):
+        latest = latest_checkpoint(output_dir)
+        if latest is None:
+            logger.info("resume: no checkpoint in %s, starting afresh", output_dir)
+        return latest
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint to resume from not found: {value}")
+    return path
+
+
+def resolve_model_path(spec: str) -> str:
+    """The model ``spec`` names: a directory with ``config.json`` (a model, or a run directory holding its
+    final model): itself; a run directory without one: its newest checkpoint; anything that is not a local
+    path: ``spec`` itself (a Hub id). ``FileNotFoundError`` names a local path that holds no model."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return str(p)
+        latest = latest_checkpoint(p)
+        if latest is not None:
+            return str(latest)
+        raise FileNotFoundError(f"no model in {spec}: it has neither config.json nor checkpoint-* directories")
+    if p.exists() or spec.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model directory not found: {spec}")
+    return spec
+
+
+def publish_model_dir(output_dir: str | Path, write: Callable[[Path], None]) -> None:
+    """Write the final model files into ``output_dir`` itself: ``write(tmp_dir)`` fills a temporary
+    subdirectory, then each file is renamed into ``output_dir`` atomically (replacing one of that name)."""
+    output_dir = Path(output_dir)
+    tmp = output_dir / f".tmp-final-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for f in sorted(tmp.iterdir()):
+        if f.is_file():
+            os.replace(f, output_dir / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Drop the records of ``metrics.jsonl`` at ``path`` logged after ``step`` (by a run that went on past
+    its last checkpoint) and every ``final`` record; rewritten atomically, nothing to do without the file."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    records = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in records
+            if json.loads(line).get("step", 0) <= step and json.loads(line).get("kind") != "final"]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA, when available) RNG states of this process as plain data:
+    ``{"python", "numpy", "torch"[, "cuda"]}``, loadable with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states that :func:`rng_state` returned (the CUDA ones only when CUDA is available)."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

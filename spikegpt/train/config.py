@@ -13,11 +13,16 @@ Command-line overrides come as ``--key value`` (or ``--key=value``). A key is a 
 ``--objective_args.temperature 2``), or a bare key that already exists in the ``model`` section
 (``--spiking false``). Values are parsed as YAML scalars (``1e-3``, ``true``, ``null``, ``[1, 2]``) and
 checked against the field's type; a key given without a value means ``true`` (``--resume``).
+
+The ``model`` section is checked when the config is built: a key that is not a :data:`MODEL_KEYS` argument
+is refused (the error names the closest valid one), and so is a value ``SpikeGPTConfig`` refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +30,37 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from spikegpt.configuration_spikegpt import SpikeGPTConfig
+
+# What a recipe's model section may set: the arguments of SpikeGPTConfig (its token ids and
+# tie_word_embeddings included), none of the other PretrainedConfig fields.
+MODEL_KEYS = tuple(name for name, param in inspect.signature(SpikeGPTConfig.__init__).parameters.items()
+                   if name != "self" and param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+# vocab_size of the load-time check when the section leaves it to the tokenizer (any token id passes; the ids
+# are checked against the real vocabulary when the model is built)
+PLACEHOLDER_VOCAB_SIZE = 2**31 - 1
+
+
+def closest(name: str, candidates: typing.Iterable[str]) -> str | None:
+    """The candidate most like ``name`` (``difflib``), or None when none is close."""
+    found = difflib.get_close_matches(name, list(candidates), n=1)
+    return found[0] if found else None
+
+
+def check_model_section(model: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a key of a recipe's model section that is not in :data:`MODEL_KEYS` (naming
+    it and the closest valid key) or a value ``SpikeGPTConfig`` refuses (naming the field)."""
+    for key in model:
+        if key not in MODEL_KEYS:
+            near = closest(str(key), MODEL_KEYS)
+            hint = f"did you mean {near!r}? " if near else ""
+            raise ValueError(f"unknown key {key!r} in the model section: {hint}"
+                             f"the model section takes SpikeGPTConfig arguments: {', '.join(MODEL_KEYS)}")
+    try:
+        SpikeGPTConfig(**{"vocab_size": PLACEHOLDER_VOCAB_SIZE, **model})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model section: {e}") from None
 
 
 @dataclass
@@ -106,6 +142,9 @@ class TrainConfig:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr must not exceed lr (the cosine decays from lr to min_lr), got min_lr "
+                             f"{self.min_lr} > lr {self.lr}")
         if self.context_length is not None and self.context_length < 2:
             raise ValueError(f"context_length must be >= 2 (one input and one target), got {self.context_length}")
         if self.optimizer not in ("adam", "adamw"):
@@ -116,6 +155,7 @@ class TrainConfig:
             raise ValueError(f"text_unit must be paragraph, line or document, got {self.text_unit!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"the model section must be a mapping of SpikeGPTConfig kwargs, got {self.model!r}")
+        check_model_section(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data copy (what is written to ``train_config.yaml``)."""
@@ -228,11 +268,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, str]]) -> di
         elif isinstance(raw.get("model"), dict) and key in raw["model"]:
             raw["model"][key] = _parse_scalar(text)
         else:
-            raise ValueError(
-                f"unknown config key --{key}: not a training setting, and not a key of this recipe's model "
-                f"section (use --model.{key} to add a SpikeGPTConfig argument)"
-            )
+            raise ValueError(_unknown_key_message(key, raw.get("model")))
     return raw
+
+
+def _unknown_key_message(key: str, model: Any) -> str:
+    """Why ``--key`` is refused, with the closest training setting or model argument."""
+    near = closest(key, [*_field_types(), *MODEL_KEYS])
+    if near in MODEL_KEYS:
+        form = f"--{near}" if isinstance(model, dict) and near in model else f"--model.{near}"
+        hint = f"; did you mean {form}?"
+    else:
+        hint = f"; did you mean --{near}?" if near is not None else ""
+    return (f"unknown config key --{key}: not a training setting, nor a key of this recipe's model section"
+            f"{hint}")
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
@@ -265,5 +314,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Write ``config`` as YAML (loadable again with :func:`load_config`)."""
+    """Validate ``config`` (``ValueError`` as :meth:`TrainConfig.validate`) and write it as YAML (loadable
+    again with :func:`load_config`)."""
+    config.validate()
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -34,12 +34,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
 
 from spikegpt.train.builtin_corpus import BUILTIN_PREFIX, builtin_documents
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +197,8 @@ class TextSource:
         self._dataset = self._load()
 
     def _load(self) -> datasets.IterableDataset:
+        import datasets  # imported here: builtin_text and the helpers above work without it
+
         spec = self.spec
         if spec.startswith(BUILTIN_PREFIX):
             docs = builtin_documents(spec[len(BUILTIN_PREFIX):])
@@ -255,6 +259,14 @@ class TextSource:
             ds = ds.shuffle(seed=shuffle_seed, buffer_size=buffer_size)
             ds.set_epoch(epoch)
         return self._texts_of(iter(ds))
+
+
+def builtin_text(spec: str) -> str:
+    """The whole text of the built-in corpus ``spec`` (``builtin:python-docs``): its documents joined by blank
+    lines. ``ValueError`` names a ``spec`` that is not a built-in corpus."""
+    if not spec.startswith(BUILTIN_PREFIX):
+        raise ValueError(f"{spec!r} is not a built-in corpus (those are named {BUILTIN_PREFIX}NAME)")
+    return "\n\n".join(builtin_documents(spec[len(BUILTIN_PREFIX):]))
 
 
 def is_validation(text: str, seed: int, fraction: float) -> bool:

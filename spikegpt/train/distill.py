@@ -12,8 +12,8 @@ Training runs through the ordinary pretraining entry point (data streaming, acce
 resume all apply); a recipe selects this objective with ``objective: distill`` (see
 ``configs/distill-tiny.yaml`` and ``docs/shadow_training.md``). Two commands::
 
-    python train/distill.py --config configs/distill-tiny.yaml     # writes the student into init_from
-    python train/pretrain.py --config configs/distill-tiny.yaml    # distils it
+    python -m spikegpt.train.distill --config configs/distill-tiny.yaml   # writes the student into init_from
+    spikegpt train --config configs/distill-tiny.yaml                    # distils it
 
 The first converts the teacher (``objective_args.teacher``) into a spiking student saved at the recipe's
 ``init_from`` (with the teacher's tokenizer), optionally after the LIF input calibration of
@@ -32,7 +32,7 @@ import os
 import sys
 
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # train/ is on the path when run as a script: keep its modules from shadowing others
+    sys.path.pop(0)  # run by its path: keep the modules beside this file from shadowing others
 
 import argparse
 import json
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from spikegpt import SpikeGPTForCausalLM
+from spikegpt.recording import spike_sites
 from spikegpt.train.objectives import register_objective
 
 logger = logging.getLogger(__name__)
@@ -104,37 +105,25 @@ def load_teacher(src: str | os.PathLike) -> SpikeGPTForCausalLM:
 
 
 class SpikeAnnealer:
-    """Blends a spiking model's spikes with their real-valued inputs while it trains: every LIF outputs
-    ``lam * spikes + (1 - lam) * input`` and the binary embedding becomes ``lam * H(E) + (1 - lam) * E``.
-    Forward hooks only (no parameters, nothing saved); inactive in eval mode and once ``lam`` reaches 1."""
+    """Blends a spiking model's spikes with their real-valued inputs while it trains: every spike site of
+    :func:`spikegpt.recording.spike_sites` (the binary embedding and each LIF) outputs
+    ``lam * spikes + (1 - lam) * input`` -- the embedding ``lam * H(E) + (1 - lam) * E``. Forward hooks only
+    (no parameters, nothing saved); inactive in eval mode and once ``lam`` reaches 1. ``ValueError`` for a
+    model without spike sites."""
 
     def __init__(self, model: SpikeGPTForCausalLM):
-        from spikegpt.modeling_spikegpt import LIF
-
+        sites = spike_sites(model)
+        if not sites:
+            raise ValueError(f"{type(model).__name__} has no spike sites to anneal")
         self.lam = 1.0
-        self._raw_emb: torch.Tensor | None = None
-        base = model.model
-        self.handles = [m.register_forward_hook(self._lif_hook) for m in base.modules() if isinstance(m, LIF)]
-        self.handles.append(base.emb.register_forward_hook(self._emb_hook))
-        self.handles.append(base.blocks[0].register_forward_pre_hook(self._block0_hook))
+        self.handles = [m.register_forward_hook(self._hook) for m in sites.values()]
 
-    def _active(self, module: torch.nn.Module) -> bool:
-        return module.training and self.lam < 1.0
-
-    def _lif_hook(self, module, args, out):
-        if not self._active(module):
+    def _hook(self, module, args, out):
+        if not (module.training and self.lam < 1.0):
             return None
-        spikes, mem = out
-        return self.lam * spikes + (1.0 - self.lam) * args[0], mem
-
-    def _emb_hook(self, module, args, out):
-        self._raw_emb = out if self._active(module) else None
-
-    def _block0_hook(self, module, args):
-        raw, self._raw_emb = self._raw_emb, None
-        if raw is None or not self._active(module) or raw.shape != args[0].shape:
-            return None
-        return (self.lam * args[0] + (1.0 - self.lam) * raw, *args[1:])
+        if isinstance(out, tuple):  # a LIF: (spikes, membrane)
+            return (self.lam * out[0] + (1.0 - self.lam) * args[0], *out[1:])
+        return self.lam * out + (1.0 - self.lam) * args[0]
 
     def remove(self) -> None:
         for h in self.handles:
@@ -196,7 +185,7 @@ class DistillationObjective:
         student = self._unwrap(model)
         if not getattr(student.config, "spiking", False):
             raise ValueError("the distillation student must be spiking: prepare it with "
-                             "`python train/distill.py --config RECIPE` (or set spiking: true in its config)")
+                             "`python -m spikegpt.train.distill --config RECIPE` (or set spiking: true in its config)")
         if student.config.vocab_size != self.teacher.config.vocab_size:
             raise ValueError(f"student vocabulary {student.config.vocab_size} != teacher vocabulary "
                              f"{self.teacher.config.vocab_size}")
@@ -294,7 +283,7 @@ def prepare_student(config: Any, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """``python train/distill.py --config RECIPE [--force] [--key value ...]``: prepare the student."""
+    """``python -m spikegpt.train.distill --config RECIPE [--force] [--key value ...]``: prepare the student."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a distillation recipe (objective: distill)")
     parser.add_argument("--force", action="store_true", help="replace a student already in init_from")

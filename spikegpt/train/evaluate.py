@@ -1,7 +1,7 @@
 """Evaluate a causal LM on text: loss, perplexity and bits per character over whole documents.
 
-    python train/evaluate.py --model runs/tiny --data builtin:python-docs --split val
-    python train/evaluate.py --model DIR_OR_HUB_ID --data wikitext --data_config wikitext-103-raw-v1 --data_split test
+    spikegpt eval --model runs/tiny --data builtin:python-docs --split val     # or: python -m spikegpt.train.evaluate
+    spikegpt eval --model DIR_OR_HUB_ID --data wikitext --data_config wikitext-103-raw-v1 --data_split test
 
 ``--model`` is a model directory, a training run directory (its final model, else its newest checkpoint) or
 a Hub id. ``--data`` takes what the ``data`` setting of a recipe takes. Long documents are evaluated in
@@ -18,7 +18,7 @@ import os
 import sys
 
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # train/ is on the path when run as a script: keep its modules from shadowing others
+    sys.path.pop(0)  # run by its path: keep the modules beside this file from shadowing others
 
 import argparse
 import json
@@ -29,25 +29,9 @@ from typing import Any
 import torch
 import yaml
 
+from spikegpt.train.checkpoint import resolve_model_path
+
 logger = logging.getLogger(__name__)
-
-
-def resolve_model_path(spec: str) -> str:
-    """A directory with ``config.json``: itself; a run directory without one: its newest checkpoint;
-    anything that is not a local path: a Hub id. ``FileNotFoundError`` names a local path with no model."""
-    from spikegpt.train.checkpoint import latest_checkpoint
-
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if (p / "config.json").is_file():
-            return str(p)
-        latest = latest_checkpoint(p)
-        if latest is not None:
-            return str(latest)
-        raise FileNotFoundError(f"no model in {spec}: it has neither config.json nor checkpoint-* directories")
-    if p.exists() or spec.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"model directory not found: {spec}")
-    return spec
 
 
 def _run_settings(model_path: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Fine-tune a SpikeGPT model for sequence classification (SST-2, SST-5, MR, Subj, ...).
 
-    python train/finetune_classification.py --model runs/tiny --data glue --data_config sst2 \\
+    python -m spikegpt.train.finetune_classification --model runs/tiny --data glue --data_config sst2 \\
         --text_field sentence --output_dir runs/sst2
-    python train/finetune_classification.py --model DIR --data train.csv --eval_data dev.csv --output_dir runs/clf
+    python -m spikegpt.train.finetune_classification --model DIR --data train.csv --eval_data dev.csv \\
+        --output_dir runs/clf
 
 ``--model`` is a causal-LM or classifier directory or Hub id (the classification head starts afresh when the
 checkpoint has none). ``--data`` is a Hub dataset name (with ``--data_config``, ``--train_split``,
@@ -22,7 +23,7 @@ import os
 import sys
 
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)  # train/ is on the path when run as a script: keep its modules from shadowing others
+    sys.path.pop(0)  # run by its path: keep the modules beside this file from shadowing others
 
 import argparse
 import json
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from spikegpt.train.schedule import warmup_linear
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +117,6 @@ def batches(enc: list[list[int]], labels: list[int], batch_size: int, pad_id: in
         yield ids, mask, torch.tensor([labels[i] for i in idx])
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    return ramp * max(0.0, 1.0 - step / max(total, 1))
-
-
 @torch.no_grad()
 def evaluate(model, enc, labels, batch_size, pad_id, device) -> dict[str, float]:
     """Mean cross-entropy and accuracy over the evaluation set."""
@@ -198,7 +195,7 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     total_steps = args.max_steps or steps_per_epoch * args.epochs
     warmup = int(args.warmup_ratio * total_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_linear(s, warmup, total_steps))
     out_dir = Path(args.output_dir)
     logger.info("fine-tuning on %d examples (%d classes), evaluating on %d; %d steps", len(x_train), num_labels,
                 len(x_eval), total_steps)

@@ -1,9 +1,11 @@
-"""The pretraining loop behind ``train/pretrain.py``: one process, torchrun ranks or ``accelerate launch``.
+"""The pretraining loop behind ``spikegpt train``: one process, torchrun ranks or ``accelerate launch``.
 
 :func:`train` takes a :class:`~spikegpt.train.config.TrainConfig` and runs: data and tokenizer set-up,
 model creation (or loading, to resume), Adam/AdamW with warmup + cosine decay, gradient accumulation and
 clipping, bf16 autocast on GPUs, periodic validation / samples / checkpoints, and a final validation,
-sample, checkpoint and model directory. It returns the final metrics.
+sample, checkpoint and model directory. It returns the final metrics. The schedule is
+:mod:`spikegpt.train.schedule`; checkpoints, RNG states and the run directory's files are
+:mod:`spikegpt.train.checkpoint`.
 
 Resuming (``resume: latest`` or a checkpoint path) restores model, optimizer, scheduler, step, the RNG
 states and the data position of every rank, so the loss curve continues exactly as without the
@@ -19,8 +21,6 @@ import json
 import logging
 import math
 import os
-import random
-import shutil
 import signal
 import sys
 import time
@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
@@ -40,9 +39,14 @@ from spikegpt.train.checkpoint import (
     TRAINER_STATE,
     CheckpointError,
     checkpoint_path,
-    latest_checkpoint,
+    clear_run_dir,
     list_checkpoints,
     prune_checkpoints,
+    publish_model_dir,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+    truncate_metrics,
     verify_checkpoint,
     write_checkpoint,
 )
@@ -51,21 +55,26 @@ from spikegpt.train.data import BlockPacker, TextSource, training_texts, validat
 from spikegpt.train.evaluation import EvalResult, build_streams, stream_nats
 from spikegpt.train.metrics import MetricsLogger
 from spikegpt.train.objectives import build_objective
+from spikegpt.train.schedule import warmup_cosine
 from spikegpt.train.tokenization import BUILT_TOKENIZERS, build_tokenizer, encoder
 
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
+CPU_PARAMETER_LIMIT = 50_000_000  # models above this size are meant to train on GPUs
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based): linear warmup over
-    ``warmup_steps`` steps (the first step already moves), then a cosine from 1 down to ``min_ratio`` at
-    ``max_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+def warn_if_large_on_cpu(num_parameters: int, device: torch.device | str) -> bool:
+    """Log a warning when a model of more than :data:`CPU_PARAMETER_LIMIT` parameters is to train on a CPU
+    ``device``; return whether it warned."""
+    if torch.device(device).type != "cpu" or num_parameters <= CPU_PARAMETER_LIMIT:
+        return False
+    logger.warning(
+        "training a model of %.1fM parameters on a CPU: a model of this size is meant for a GPU (a CPU takes "
+        "hours to days); for a first run on a CPU use --config configs/tiny.yaml", num_parameters / 1e6,
+    )
+    return True
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -74,28 +83,6 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.activation_checkpointing_enable()
     else:  # older transformers
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as plain data (loadable with ``torch.load(weights_only=True)``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
@@ -134,21 +121,6 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _resolve_resume(config: TrainConfig) -> Path | None:
-    value = (config.resume or "").strip()
-    if value.lower() in ("", "false", "no", "none", "null"):
-        return None
-    if value.lower() in ("true", "yes", "latest"):
-        latest = latest_checkpoint(config.output_dir)
-        if latest is None:
-            logger.info("resume: no checkpoint in %s, starting afresh", config.output_dir)
-        return latest
-    path = Path(value)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint to resume from not found: {value}")
-    return path
-
-
 def _mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -171,30 +143,6 @@ def _quiet_saving():
             hf_logging.enable_progress_bar()
 
 
-def _publish_model_dir(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Write the final model files into ``output_dir`` itself, each file renamed into place atomically."""
-    tmp = output_dir / f".tmp-final-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    for f in sorted(tmp.iterdir()):
-        if f.is_file():
-            os.replace(f, output_dir / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records logged after ``step`` (by a run that went on past its last checkpoint)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step and json.loads(line).get("kind") != "final"]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class Trainer:
     """State and steps of one pretraining run (see :func:`train`)."""
 
@@ -209,7 +157,7 @@ class Trainer:
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.output_dir = Path(config.output_dir)
-        self.resume_from = _resolve_resume(config)
+        self.resume_from = resolve_resume(config.resume, config.output_dir)
         self._prepare_output_dir()
         set_seed(config.seed)
 
@@ -241,7 +189,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         min_ratio = config.min_lr / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, config.max_steps, min_ratio)
+            self.optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.max_steps, min_ratio)
         )
         self.objective = build_objective(config, acc)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
@@ -254,7 +202,7 @@ class Trainer:
         self.metrics = None
         if acc.is_main_process:
             if self.resume_from is not None:
-                _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+                truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
             tb = self.output_dir / "tensorboard" if config.tensorboard else None
             self.metrics = MetricsLogger(self.output_dir / "metrics.jsonl", tensorboard_dir=tb)
         self.rank_log = None
@@ -276,13 +224,7 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if self.resume_from is None:  # a fresh run: files of an earlier run here go (checkpoints only with
-                for _, p in existing:  # --overwrite, checked above)
-                    shutil.rmtree(p, ignore_errors=True)
-                for name in ("metrics.jsonl", "tokenizer", "tensorboard"):
-                    p = self.output_dir / name
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                for p in self.output_dir.glob("rank-*.jsonl"):
-                    p.unlink()
+                clear_run_dir(self.output_dir)  # --overwrite, checked above)
             save_config(cfg, self.output_dir / "train_config.yaml")
         acc.wait_for_everyone()
         if self.resume_from is not None:
@@ -336,6 +278,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             logger.info("model: %.2fM parameters, %s", model.num_parameters() / 1e6,
                         {k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "spiking")})
+            warn_if_large_on_cpu(model.num_parameters(), self.accelerator.device)
         return model
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -430,7 +373,7 @@ class Trainer:
                 self.tokenizer.save_pretrained(tmp)
                 save_config(self.config, tmp / "train_config.yaml")
 
-            _publish_model_dir(self.output_dir, write)
+            publish_model_dir(self.output_dir, write)
         acc.wait_for_everyone()
 
     # ----- evaluation -----
@@ -630,7 +573,8 @@ def train(config: TrainConfig, callbacks: Sequence[StepCallback] = ()) -> dict[s
     """Run a pretraining job described by ``config``; return its final metrics (see the module docstring).
 
     ``callbacks`` are called as ``cb(step, {"loss": ...})`` on every rank after every optimizer step.
-    The process group (if any) is left initialised; scripts tear it down with :func:`teardown`.
+    The process group (if any) is left initialised; :func:`spikegpt.train.pretrain.main` tears it down with
+    :func:`teardown`.
     """
     trainer = Trainer(config, callbacks)
     try:

@@ -127,7 +127,7 @@ def test_bad_files_and_overrides(tmp_path):
         from_original(junk)
     code = tmp_path / "code.pth"
     torch.save({"emb.weight": torch.zeros(2, 2), "hook": types.SimpleNamespace(a=1)}, code)
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ValueError, match="safely as a state dict of tensors"):
         from_original(code)
     lst = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], lst)
@@ -140,3 +140,38 @@ def test_bad_files_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="mixes dtypes"):
         from_original(mixed)
     assert from_original(mixed, dtype=torch.float32).dtype == torch.float32
+
+
+def _torch_reason(path):
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        return " ".join(str(e).split())
+    raise AssertionError(f"{path} loaded")
+
+
+def test_an_unsafe_file_is_refused_with_the_whole_reason_and_no_advice_to_load_it_anyway(tmp_path):
+    """Objects that unpickling would rebuild by running code are named in full, past torch's long preamble; the
+    advice to pass weights_only=False (which runs that code) or to allow-list the class is not passed on."""
+    path = tmp_path / "objects.pth"
+    torch.save({**random_original_checkpoint(V=11, C=8, L=1), "hook": types.SimpleNamespace(a=1)}, path)
+    with pytest.raises(ValueError) as e:
+        from_original(path)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot read {path} safely as a state dict of tensors: ")
+    assert "GLOBAL types.SimpleNamespace" in msg and "would run code from the file" in msg
+    for advice in ("weights_only", "add_safe_globals", "safe_globals", "trust", "\n", "\x1b"):
+        assert advice not in msg, advice
+
+
+def test_a_damaged_file_gets_the_whole_reason(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save(random_original_checkpoint(V=11, C=8, L=1), whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:100])  # the zip archive's start only
+    reason = _torch_reason(cut)
+    assert len(reason) > 300  # what the message used to cut off
+    with pytest.raises(ValueError) as e:
+        from_original(cut)
+    assert str(e.value) == (f"cannot read {cut} as a PyTorch checkpoint: it is damaged or not a file written by "
+                            f"torch.save ({reason})")

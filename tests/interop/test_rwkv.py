@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_model import _lif as reference_lif
+from interop_helpers import spike_totals
 from transformers import RwkvConfig, RwkvForCausalLM
 from transformers.models.rwkv import modeling_rwkv
 
@@ -164,6 +164,17 @@ def test_state_continues_across_implementations(shape, exact_hf):
         assert_close(m_pre.logits, full[:, :7])
 
 
+def loop_lif(x, tau, threshold, v_reset):
+    """The model's LIF as a plain loop over the time axis of x (T, C): charge, fire at >=, hard reset."""
+    v, out = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        h = v + (x[t] - (v - v_reset)) / tau
+        s = (h >= threshold).to(x.dtype)
+        v = h * (1 - s) + v_reset * s
+        out.append(s)
+    return torch.stack(out)
+
+
 def _layer_norms_with_rescaled_eps(model: SpikeGPTForCausalLM, every: int) -> None:
     """Give every LayerNorm the eps that HF's inference rescaling amounts to: LN_eps(x / s) = LN_{eps s^2}(x)."""
     blocks = model.model.blocks
@@ -312,8 +323,31 @@ def test_bad_inputs(tmp_path):
         from_rwkv({**hf.state_dict(), "rwkv.blocks.0.attention.ln_x.weight": torch.ones(16)})
 
 
+BRANCH_SITES = [f"model.blocks.{l}.{b}_lif" for l in (0, 1) for b in ("att", "ffn")]
+
+
+def test_branch_outputs_are_the_residual_updates_of_a_non_spiking_model():
+    """Non-spiking, each block adds its two branch outputs to the stream: hidden state l+1 - hidden state l
+    (after LN0 in block 0) is the sum of the two recorded LIF inputs of block l, batches stacked along N."""
+    teacher = from_rwkv(random_rwkv(30, 8, 2), spiking=False)
+    batches = [ids_for(30, B=2, T=7, seed=s) for s in (5, 6)]
+    ys = branch_outputs(teacher, batches)
+    assert list(ys) == BRANCH_SITES and all(y.shape == (4, 7, 8) and y.dtype == torch.float64 for y in ys.values())
+    with torch.no_grad():
+        hs = [teacher(ids, output_hidden_states=True).hidden_states for ids in batches]
+    for l in (0, 1):
+        prev = torch.cat([h[l] for h in hs])
+        if l == 0:
+            prev = teacher.model.blocks[0].ln0(prev)
+        update = torch.cat([h[l + 1] for h in hs]) - prev
+        got = ys[f"model.blocks.{l}.att_lif"] + ys[f"model.blocks.{l}.ffn_lif"]
+        torch.testing.assert_close(got, update, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one batch"):
+        branch_outputs(teacher, [])
+
+
 def test_calibration_picks_the_best_gain_per_channel():
-    """Against a brute-force search with the loop LIF of tests/reference_model.py."""
+    """Against a brute-force search with the loop LIF above."""
     hf = random_rwkv(30, 8, 2)
     teacher = from_rwkv(hf, spiking=False)
     student = from_rwkv(hf, spiking=True)
@@ -322,35 +356,39 @@ def test_calibration_picks_the_best_gain_per_channel():
     grid = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64)
     ys = branch_outputs(teacher, batches)
     gains = calibrate_lif_scales(student, teacher, batches, scales=grid)
-    assert set(gains) == {"blocks.0.att", "blocks.0.ffn", "blocks.1.att", "blocks.1.ffn"}
+    assert list(gains) == BRANCH_SITES
     for name, y in ys.items():
         y = y.double()
         errs = []
-        for a in grid.tolist():  # (N, T, C) -> the reference runs (T, C) per sequence
-            s = torch.stack([reference_lif(a * y[n], 2.0, 1.0, 0.0) for n in range(y.shape[0])])
+        for a in grid.tolist():  # (N, T, C) -> the loop runs (T, C) per sequence
+            s = torch.stack([loop_lif(a * y[n], 2.0, 1.0, 0.0) for n in range(y.shape[0])])
             errs.append((s - y).square().mean(dim=(0, 1)))
         errs = torch.stack(errs)  # (G, C)
         chosen = errs.gather(0, (grid[:, None] == gains[name].double()[None]).double().argmax(0)[None])[0]
         assert torch.allclose(chosen, errs.min(dim=0).values, rtol=0, atol=1e-12), name
-    # the only change: rows of att.output / ffn.value scaled by the gains
+    # the only change: rows of the Linear feeding each LIF (att.output / ffn.value) scaled by its gains
+    feeds = {f"model.blocks.{l}.{lin}.weight": f"model.blocks.{l}.{b}_lif"
+             for l in (0, 1) for b, lin in (("att", "att.output"), ("ffn", "ffn.value"))}
     for k, v in student.state_dict().items():
-        m = k.removeprefix("model.")
-        name = m.rsplit(".", 2)[0].replace(".output", "").replace(".value", "")
-        if m.endswith(("att.output.weight", "ffn.value.weight")):
-            assert torch.allclose(v, before[k] * gains[name].double()[:, None], rtol=1e-15, atol=0), k
+        if k in feeds:
+            assert torch.allclose(v, before[k] * gains[feeds[k]].double()[:, None], rtol=1e-15, atol=0), k
         else:
             assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="non-spiking"):
+        calibrate_lif_scales(student, student, batches)
 
 
 def test_firing_rates():
+    """Against the test's own counts: the embedding's ones from E[idx], the LIFs' spikes from spike_totals."""
     hf = random_rwkv(30, 8, 2)
     student = from_rwkv(hf)
     ids = ids_for(30)
     rates = firing_rates(student, ids)
+    assert list(rates) == ["model.emb_spike", *BRANCH_SITES, "mean"]
     emb = student.model.emb.weight[ids]
-    assert rates["embedding"] == pytest.approx(float((emb >= 0).double().mean()), abs=1e-12)
-    layer = [v for k, v in rates.items() if k.startswith("blocks.")]
-    assert len(layer) == 4 and all(0.0 <= r <= 1.0 for r in layer)
-    assert rates["mean"] == pytest.approx(sum(layer) / 4)
+    assert rates["model.emb_spike"] == pytest.approx(float((emb >= 0).double().mean()), abs=1e-12)
+    for name, (spikes, n) in zip(BRANCH_SITES, spike_totals(student, ids)):
+        assert rates[name] == pytest.approx(spikes / n, abs=1e-12)
+    assert rates["mean"] == pytest.approx(sum(rates[n] for n in BRANCH_SITES) / 4)
     with pytest.raises(ValueError, match="spiking"):
         firing_rates(from_rwkv(hf, spiking=False), ids)

@@ -4,14 +4,12 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-import pytest
 import torch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits_snn.py"
 
 
 def test_digits_example_learns_with_bptt_and_eprop():
-    pytest.importorskip("sklearn")
     spec = importlib.util.spec_from_file_location("digits_snn", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

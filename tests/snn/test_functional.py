@@ -69,7 +69,6 @@ def test_bad_input():
 
 
 def test_matches_snntorch_unweighted():
-    pytest.importorskip("snntorch")
     import snntorch.functional as snf
 
     tf = SPK.transpose(0, 1).contiguous()  # snnTorch is time-first

@@ -1,5 +1,6 @@
 """The spikegpt command: every subcommand end to end on tiny models, --help everywhere, one-line errors."""
 
+import fractions
 import io
 import json
 import subprocess
@@ -15,6 +16,7 @@ from transformers import AutoTokenizer
 from spikegpt import SpikeGPTForCausalLM
 from spikegpt.tools.cli import main
 
+REPO = Path(__file__).resolve().parents[2]
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?"
 TEXT = "the spike neuron fires when its membrane crosses the threshold, and then it resets. " * 4
 
@@ -126,6 +128,17 @@ def test_convert_refuses_damaged_checkpoints_in_one_line(capsys, tmp_path):
     assert_one_line_error(code, err, "--set takes KEY=VALUE")
 
 
+def test_convert_refuses_a_file_that_is_not_only_tensors_with_the_whole_reason(capsys, tmp_path):
+    """A pickled object is not unpickled (that would run code from the file); the message says so in full."""
+    sd = random_original_checkpoint(V=11, C=8, L=1)
+    torch.save({**sd, "extra": fractions.Fraction(1, 3)}, tmp_path / "objects.pth")
+    code, _, err = run(capsys, "convert", tmp_path / "objects.pth", tmp_path / "o")
+    assert_one_line_error(code, err, "objects.pth", "cannot read", "safely as a state dict of tensors",
+                          "fractions.Fraction", "would run code from the file")
+    assert "weights_only" not in err and "trust" not in err  # torch's advice to load it anyway is not passed on
+    assert not (tmp_path / "o").exists()
+
+
 def test_convert_from_rwkv(capsys, tmp_path):
     """An RWKV-4 checkpoint (BlinkDL's layout is the original layout) through spikegpt.interop.rwkv.from_rwkv."""
     sd = random_original_checkpoint(V=23, C=16, L=2, seed=4)
@@ -180,6 +193,34 @@ def test_generate_samples_with_a_seed(capsys, model_dir):
     assert code == code2 == 0 and a == b and len(a) > 1
 
 
+@pytest.mark.parametrize(
+    "option, value, needle",
+    [
+        ("--temperature", "-1", "must be > 0"),
+        ("--temperature", "nan", "finite"),
+        ("--top-p", "2", "(0, 1]"),
+        ("--top-p", "0", "(0, 1]"),
+        ("--top-k", "-1", "must be >= 0"),
+        ("--top-k", "2.5", "expected an integer"),
+        ("--repetition-penalty", "0", "must be > 0"),
+        ("--repetition-penalty", "-1.5", "must be > 0"),
+    ],
+)
+def test_generate_refuses_bad_sampling_settings_naming_the_option(capsys, model_dir, option, value, needle):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(model_dir), "hi", option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}: " in err and needle in err, err
+
+
+def test_generate_temperature_zero_is_greedy(capsys, model_dir):
+    want = greedy_continuation(model_dir, "the cat", 8)
+    code, out, err = run(capsys, "generate", model_dir, "the cat", "--temperature", "0", "--max-new-tokens", "8",
+                         "--no-stream")
+    assert code == 0, err
+    assert out == want + "\n"
+
+
 def test_generate_errors_are_one_line(capsys, tmp_path, model_dir, monkeypatch):
     code, _, err = run(capsys, "generate", tmp_path / "nowhere", "hi")
     assert_one_line_error(code, err, "model directory not found")
@@ -222,7 +263,7 @@ def test_spikes_writes_pngs(capsys, tmp_path, model_dir):
         data = (out_dir / name).read_bytes()
         assert data[:4] == b"\x89PNG" and len(data) > 2000
     rates = json.loads((out_dir / "firing_rates.json").read_text())
-    assert len(rates["tokens"]) == 40 and set(rates["firing_rates"]) == {f"layer{l}.{b}" for l in (0, 1)
+    assert len(rates["tokens"]) == 40 and set(rates["firing_rates"]) == {f"model.blocks.{l}.{b}_lif" for l in (0, 1)
                                                                           for b in ("att", "ffn")}
     code, _, err = run(capsys, "spikes", model_dir, "--text", "abc", "--layers", "5")
     assert_one_line_error(code, err, "out of range")
@@ -243,7 +284,8 @@ def test_eval_and_train_wrap_the_training_scripts(capsys, tmp_path, model_dir):
     docs = "".join(json.dumps({"text": TEXT[i:] + str(i)}) + "\n" for i in range(30))
     (tmp_path / "docs.jsonl").write_text(docs)
     code, out, err = run(
-        capsys, "train", "--data", tmp_path / "docs.jsonl", "--output_dir", tmp_path / "run", "--tokenizer", "byte",
+        capsys, "train", "--config", REPO / "configs" / "tiny.yaml", "--data", tmp_path / "docs.jsonl",
+        "--output_dir", tmp_path / "run", "--tokenizer", "byte",
         "--max_steps", "2", "--batch_size", "2", "--model.hidden_size", "16", "--model.num_hidden_layers", "1",
         "--model.context_length", "16", "--val_fraction", "0.1", "--val_max_tokens", "64", "--eval_batch_size", "2",
         "--sample_max_new_tokens", "2", "--progress", "false", "--tensorboard", "false", "--log_interval", "1",
@@ -253,7 +295,34 @@ def test_eval_and_train_wrap_the_training_scripts(capsys, tmp_path, model_dir):
     assert SpikeGPTForCausalLM.from_pretrained(_final_model(tmp_path / "run")).config.hidden_size == 16
 
 
+def test_train_needs_a_recipe(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--max_steps", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "spikegpt train: error: --config is required" in err
+    assert "--config configs/tiny.yaml for a first run on a CPU" in err
+
+
+def test_train_refuses_an_unknown_model_key_in_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--config", REPO / "configs" / "tiny.yaml", "--output_dir", tmp_path / "r",
+                       "--model.hiden_size", "4")
+    assert_one_line_error(code, err, "'hiden_size'", "did you mean 'hidden_size'")
+    code, _, err = run(capsys, "train", "--config", REPO / "configs" / "tiny.yaml", "--output_dir", tmp_path / "r",
+                       "--hiden_size", "4")
+    assert_one_line_error(code, err, "--hiden_size", "did you mean --hidden_size")
+    assert not (tmp_path / "r").exists()
+
+
+def test_energy_reads_the_builtin_corpus(capsys, tmp_path, model_dir):
+    code, out, err = run(capsys, "energy", model_dir, "--text", "builtin:python-docs", "--max-tokens", "24",
+                         "--json", tmp_path / "e.json", "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["tokens"] == 24
+    code, _, err = run(capsys, "energy", model_dir, "--text", "builtin:nosuch")
+    assert_one_line_error(code, err, "builtin:nosuch")
+
+
 def _final_model(run_dir):
-    from spikegpt.train.evaluate import resolve_model_path
+    from spikegpt.train.checkpoint import resolve_model_path
 
     return resolve_model_path(str(run_dir))

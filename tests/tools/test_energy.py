@@ -20,6 +20,7 @@ from spikegpt.tools.energy import (
 )
 
 IDS = [3, 9, 4]  # 3 tokens
+SITES = ["model.blocks.0.att_lif", "model.blocks.0.ffn_lif"]
 
 
 def one_layer(**kw):
@@ -39,7 +40,9 @@ def test_one_layer_three_tokens_hand_count():
     model = one_layer()
     ones, sa, sf = counted(model, IDS)
     assert sa + sf > 0  # the residual accumulates are exercised
-    ops = totals(spikegpt_operations(model.config, measure_spikes(model, [IDS])))
+    stats = measure_spikes(model, [IDS])
+    assert stats.embedding_ones == ones and stats.spikes == dict(zip(SITES, [sa, sf]))
+    ops = totals(spikegpt_operations(model.config, stats))
     # C = 8, F = 16, V = 11, L = 1, N = 3 tokens
     # MAC: att k, v, r, o 4*8*8 = 256, ffn key 8*16 = 128, value 16*8 = 128, receptance 8*8 = 64 -> 576 per token;
     #      head 8*11 = 88 per token; (576 + 88) * 3 = 1992
@@ -56,13 +59,87 @@ def test_one_layer_three_tokens_hand_count():
     assert ops["special"] == 132
 
 
+def constant_current_model(att_input, ffn_input, emb_rows):
+    """One layer, C = 2, F = 4, V = len(emb_rows), tau 2, threshold 1, hard reset to 0, with weights set so
+    that every token drives the attention LIF with ``att_input`` and the FFN LIF with ``ffn_input``:
+
+    - LN1 and LN2 have weight 0 and bias 1, so they output z = (1, 1) whatever the stream holds, and every
+      token-shift mix (mu = 1) reads z itself;
+    - attention: Wk = 0 (k = 0), Wv = I (v = (1, 1)), Wr = 0 (sigmoid(r) = 1/2); a WKV average of values that
+      are all 1 is 1, so Wo = diag(2 a) gives a;
+    - FFN: Wk picks z_0 (relu(k)^2 = (1, 0, 0, 0)), Wr = 0 (1/2), Wv's first column 2 f gives f.
+    """
+    model = tiny_model(dtype=torch.float64, vocab_size=len(emb_rows), hidden_size=2, intermediate_size=4,
+                       num_hidden_layers=1, tau=2.0, threshold=1.0, v_reset=0.0)
+    block = model.model.blocks[0]
+    a = torch.tensor(att_input, dtype=torch.float64)
+    f = torch.tensor(ffn_input, dtype=torch.float64)
+    with torch.no_grad():
+        for ln in (block.ln1, block.ln2):
+            ln.weight.zero_()
+            ln.bias.fill_(1.0)
+        att, ffn = block.att, block.ffn
+        for mu in (att.time_mix_k, att.time_mix_v, att.time_mix_r, ffn.time_mix_k, ffn.time_mix_r):
+            mu.fill_(1.0)
+        att.key.weight.zero_()
+        att.value.weight.copy_(torch.eye(2))
+        att.receptance.weight.zero_()
+        att.output.weight.copy_(torch.diag(2 * a))
+        ffn.key.weight.zero_()
+        ffn.key.weight[0, 0] = 1.0
+        ffn.receptance.weight.zero_()
+        ffn.value.weight.zero_()
+        ffn.value.weight[:, 0] = 2 * f
+        model.model.emb.weight.copy_(torch.tensor(emb_rows, dtype=torch.float64))
+    return model
+
+
+def test_hand_counted_spikes_and_operations_of_a_constant_current_model():
+    # the LIF (tau 2, threshold 1, reset to 0) charges h = v + (x - v) / 2 and fires at h >= 1:
+    #   x = 3:    h = 1.5 -> fires at every token: 4 spikes in 4 tokens
+    #   x = 1.5:  h = 0.75, 1.125 (fires), 0.75, 1.125 (fires): 2
+    #   x = 0.5:  h -> 0.5, never fires: 0
+    #   x = 1.25: h = 0.625, 0.9375, 1.09375 (fires), 0.625: 1
+    # attention LIF sees (3, 1.5): 4 + 2 = 6 spikes; FFN LIF (0.5, 1.25): 0 + 1 = 1
+    emb_rows = [[1, -1], [-1, -1], [0.5, 2], [0, -3], [-2, 0.1]]
+    model = constant_current_model([3.0, 1.5], [0.5, 1.25], emb_rows)
+    ids = [2, 0, 3, 2]  # H(E[idx]) = (1, 1), (1, 0), (1, 0), (1, 1): 6 ones (H(0) = 1)
+    stats = measure_spikes(model, [ids])
+    assert stats.tokens == 4 and stats.hidden_size == 2
+    assert stats.embedding_ones == 6
+    assert stats.spikes == {"model.blocks.0.att_lif": 6, "model.blocks.0.ffn_lif": 1}
+    assert stats.rates() == {"model.blocks.0.att_lif": 6 / 8, "model.blocks.0.ffn_lif": 1 / 8}
+    # windows of 1 and 3 tokens carry the membranes: with a fresh membrane per token, x = 1.5 would never fire
+    assert measure_spikes(model, [ids], window=1) == stats == measure_spikes(model, [ids], window=3)
+    # the documented formula, C = 2, F = 4, V = 5, L = 1, N = 4 tokens
+    ops = totals(spikegpt_operations(model.config, stats))
+    assert ops["mac"] == (5 * 2 * 2 + 2 * 2 * 4) * 4 + 2 * 5 * 4  # Linear layers 36 per token, head 10
+    assert ops["ac"] == 6 + 7  # one per one of the embedding (LN0) + one per spike into the residual
+    # mul per token: LN0 3C+2 = 8; LN1, LN2, LNout 3 * 8; 5 mixes 5 * 2C = 20; WKV 4C = 8;
+    #      r*wkv C + r*kv C + square F = 8; two LIFs 2C = 4 -> 72
+    assert ops["mul"] == 72 * 4
+    # add per token: LN0 3C = 6; LN1, LN2, LNout 3 * 4C = 24; mixes 5C = 10; WKV 5C = 10; relu F = 4;
+    #      two LIFs 2 * 3C = 12 -> 66
+    assert ops["add"] == 66 * 4
+    # special per token: 4 rsqrt; WKV 3C = 6; sigmoids 2C = 4 -> 14
+    assert ops["special"] == 14 * 4
+    # a soft reset also subtracts the threshold once per spike
+    assert totals(spikegpt_operations(model.config, stats, soft_reset=True))["ac"] == 6 + 2 * 7
+    rep = energy_report(model, [ids], context=4)
+    assert rep["firing_rates"] == stats.rates() and rep["embedding_ones_rate"] == 6 / 8
+    assert rep["mean_firing_rate"] == (6 / 8 + 1 / 8) / 2
+    assert rep["spikegpt"]["ops"] == ops
+
+
 def test_soft_reset_and_non_spiking_counts():
     soft = one_layer(v_reset=None)
     ones, sa, sf = counted(soft, IDS)
     ops = totals(spikegpt_operations(soft.config, measure_spikes(soft, [IDS])))
     assert ops["ac"] == ones + 2 * (sa + sf)  # the soft reset subtracts the threshold once per spike
     plain = one_layer(spiking=False)
-    ops = totals(spikegpt_operations(plain.config, measure_spikes(plain, [IDS])))
+    stats = measure_spikes(plain, [IDS])
+    assert stats.tokens == 3 and stats.spikes == {} and stats.embedding_ones == 0  # nothing spikes
+    ops = totals(spikegpt_operations(plain.config, stats))
     assert ops["ac"] == 0 and ops["mac"] == 1992
     # no LIFs (adds 2 * 3 * 8 * 3 = 144, muls 2 * 8 * 3 = 48); LN0 is a plain LayerNorm (+8 adds per token);
     # the residual additions are real: 2 * 8 * 3 = 48 adds
@@ -91,7 +168,7 @@ def test_measured_rates_equal_independent_spike_counts_and_windows_do_not_matter
     assert whole == windows and whole.tokens == 40
     tot = spike_totals(model, ids[None])
     assert list(whole.spikes.values()) == [int(s) for s, _ in tot]
-    assert list(whole.rates()) == ["layer0.att", "layer0.ffn", "layer1.att", "layer1.ffn"]
+    assert list(whole.rates()) == [f"model.blocks.{l}.{b}_lif" for l in (0, 1) for b in ("att", "ffn")]
     for rate, (s, n) in zip(whole.rates().values(), tot):
         assert rate == pytest.approx(s / n)
     two = measure_spikes(model, [ids[:15], ids[15:]])  # separate documents each start fresh
@@ -129,7 +206,8 @@ def test_216m_shape_is_not_dozens_of_times_cheaper():
     cfg = SpikeGPTConfig()  # 18 x 768, vocab 50277
     N, C = 1024, 768
     stats = SpikeStats(tokens=N, hidden_size=C, embedding_ones=N * C // 2,
-                       spikes={f"layer{l}.{b}": int(0.25 * N * C) for l in range(18) for b in ("att", "ffn")})
+                       spikes={f"model.blocks.{l}.{b}_lif": int(0.25 * N * C) for l in range(18)
+                               for b in ("att", "ffn")})
     sg = energy_pj(totals(spikegpt_operations(cfg, stats)))
     tf = energy_pj(totals(transformer_operations(18, 768, 3072, 50277, N, 1024)))
     linear = (5 * C * C + 2 * C * 3072) * 18 * N + C * 50277 * N

@@ -4,9 +4,7 @@ import pytest
 import torch
 from interop_helpers import spike_totals, tiny_model
 
-from spikegpt.tools.plot import record_spikes, save_firing_heatmap, save_raster
-
-pytest.importorskip("matplotlib")
+from spikegpt.tools.plot import record_spikes, save_firing_heatmap, save_raster, site_layer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,11 +18,17 @@ def recorded():
 
 def test_records_every_lif_in_layer_order(recorded):
     model, ids, spikes = recorded
-    assert list(spikes) == [f"layer{l}.{b}" for l in range(3) for b in ("att", "ffn")]
+    assert list(spikes) == [f"model.blocks.{l}.{b}_lif" for l in range(3) for b in ("att", "ffn")]
+    assert [site_layer(k) for k in spikes] == [0, 0, 1, 1, 2, 2]
     tot = spike_totals(model, ids[None])
     for s, (count, n) in zip(spikes.values(), tot):
         assert s.shape == (30, 24) and set(s.unique().tolist()) <= {0.0, 1.0}
         assert float(s.sum()) == count and s.numel() == n
+
+
+def test_site_layer_reads_the_block_index():
+    assert site_layer("model.blocks.12.ffn_lif") == 12 and site_layer("blocks.0.att_lif") == 0
+    assert site_layer("model.emb_spike") is None and site_layer("model.subblocks.1.x") is None
 
 
 def test_writes_non_empty_pngs(recorded, tmp_path):

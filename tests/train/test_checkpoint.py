@@ -1,15 +1,25 @@
 import json
+import random
 
+import numpy as np
 import pytest
+import torch
 
 from spikegpt.train.checkpoint import (
     MANIFEST,
     TRAINER_STATE,
     CheckpointError,
     checkpoint_path,
+    clear_run_dir,
     latest_checkpoint,
     list_checkpoints,
     prune_checkpoints,
+    publish_model_dir,
+    resolve_model_path,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+    truncate_metrics,
     verify_checkpoint,
     write_checkpoint,
 )
@@ -74,3 +84,87 @@ def test_prune_keeps_the_newest(tmp_path):
     prune_checkpoints(tmp_path, keep=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), np.random.normal(size=3).tolist(), torch.rand(4).tolist()
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    """After set_rng_state, Python, NumPy and torch draw what they drew right after rng_state was taken."""
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.normal()  # leave a cached Gaussian in NumPy's state
+    state = rng_state()
+    expected = _draws()
+    torch.save(state, tmp_path / "rng.pt")  # as in trainer_state.pt
+    _draws(), _draws()  # move every generator on
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert _draws() == expected
+
+
+def test_publish_model_dir_replaces_files_in_place(tmp_path):
+    (tmp_path / "config.json").write_text("old")
+    (tmp_path / "metrics.jsonl").write_text("kept\n")
+
+    def write(tmp):
+        (tmp / "config.json").write_text("new")
+        (tmp / "model.safetensors").write_bytes(b"w" * 10)
+
+    publish_model_dir(tmp_path, write)
+    assert (tmp_path / "config.json").read_text() == "new"
+    assert (tmp_path / "model.safetensors").read_bytes() == b"w" * 10
+    assert (tmp_path / "metrics.jsonl").read_text() == "kept\n"  # other files untouched
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_truncate_metrics_keeps_records_up_to_the_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"kind": "train", "step": s} for s in range(1, 6)] + [{"kind": "final", "step": 2}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    truncate_metrics(path, 3)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert kept == [r for r in records if r["step"] <= 3 and r["kind"] != "final"]
+    truncate_metrics(tmp_path / "missing.jsonl", 3)  # no file: nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_clear_run_dir_removes_an_earlier_runs_files_only(tmp_path):
+    for step in (1, 2):
+        write_checkpoint(checkpoint_path(tmp_path, step), _writer(b"c"))
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "rank-0.jsonl").write_text("{}\n")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "config.json").write_text("{}")
+    clear_run_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt"]
+    clear_run_dir(tmp_path / "missing")  # nothing there: nothing to do
+
+
+def test_resolve_model_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model in"):
+        resolve_model_path(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        resolve_model_path(str(tmp_path / "missing"))
+    assert resolve_model_path("some-org/some-model") == "some-org/some-model"
+    for step in (4, 12):  # a run directory with checkpoints only: the newest
+        write_checkpoint(checkpoint_path(tmp_path, step), _writer(b"s"))
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path / "checkpoint-12")
+    (tmp_path / "config.json").write_text("{}")  # with its final model: the run directory itself
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+
+
+def test_resolve_resume(tmp_path):
+    for value in (None, "", "false", "No", "none", "null"):
+        assert resolve_resume(value, tmp_path) is None
+    assert resolve_resume("latest", tmp_path) is None  # nothing to resume yet
+    for step in (3, 9):
+        write_checkpoint(checkpoint_path(tmp_path, step), _writer(b"r"))
+    for value in ("latest", "true", "YES"):
+        assert resolve_resume(value, tmp_path) == tmp_path / "checkpoint-9"
+    assert resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path) == tmp_path / "checkpoint-3"
+    with pytest.raises(FileNotFoundError, match="checkpoint-7"):
+        resolve_resume(str(tmp_path / "checkpoint-7"), tmp_path)

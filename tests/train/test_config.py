@@ -69,3 +69,78 @@ def test_nonspiking_recipe_differs_from_tiny_only_in_spiking_and_output_dir():
     assert a["model"].pop("spiking") is True and b["model"].pop("spiking") is False
     a.pop("output_dir"), b.pop("output_dir")
     assert a == b
+
+
+def _recipe(tmp_path, model):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"max_steps": 10, "model": model}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "typo, valid", [("hiden_size", "hidden_size"), ("num_layers", "num_hidden_layers"), ("spikng", "spiking")]
+)
+def test_an_unknown_model_key_in_a_recipe_names_the_closest_valid_key(tmp_path, typo, valid):
+    with pytest.raises(ValueError, match=f"unknown key '{typo}' in the model section: did you mean '{valid}'"):
+        load_config(_recipe(tmp_path, {typo: 64}))
+
+
+def test_unknown_model_keys_on_the_command_line_are_refused_the_same_way(tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'hiden_size' in the model section: did you mean 'hidden_size'"):
+        load_config(None, ["--model.hiden_size", "4"])
+    recipe = _recipe(tmp_path, {"hidden_size": 64})
+    with pytest.raises(ValueError, match=r"unknown config key --hiden_size: .*did you mean --hidden_size\?"):
+        load_config(recipe, ["--hiden_size", "4"])  # the recipe has hidden_size: the bare form is valid
+    with pytest.raises(ValueError, match=r"unknown config key --num_layers: .*did you mean --model.num_hidden_layers"):
+        load_config(recipe, ["--num_layers", "4"])  # not in the recipe: set it as --model.num_hidden_layers
+
+
+def test_every_config_argument_and_the_token_ids_are_valid_model_keys():
+    import inspect
+
+    from spikegpt import SpikeGPTConfig
+
+    cfg = load_config(None, ["--model.pad_token_id", "0", "--model.bos_token_id", "1", "--model.eos_token_id", "1",
+                             "--model.tie_word_embeddings", "false", "--model.intermediate_size", "96"])
+    assert cfg.model["eos_token_id"] == 1 and cfg.model["tie_word_embeddings"] is False
+    named = [n for n in inspect.signature(SpikeGPTConfig.__init__).parameters if n not in ("self", "kwargs")]
+    for name in named:  # no argument of SpikeGPTConfig is refused as unknown (values may still be refused)
+        try:
+            load_config(None, [f"--model.{name}", "null"])
+        except ValueError as e:
+            assert "unknown key" not in str(e), name
+
+
+@pytest.mark.parametrize(
+    "model, field",
+    [
+        ({"spiking": "false"}, "spiking"),  # a YAML string, not a boolean
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"tau": 1.0}, "tau"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"surrogate": "nosuch"}, "surrogate"),
+        ({"vocab_size": 10, "eos_token_id": 10}, "eos_token_id"),
+    ],
+)
+def test_bad_model_values_are_refused_at_load_naming_the_field(tmp_path, model, field):
+    with pytest.raises(ValueError, match=f"model section: SpikeGPTConfig.{field} must be"):
+        load_config(_recipe(tmp_path, model))
+
+
+def test_min_lr_above_lr_is_refused():
+    with pytest.raises(ValueError, match=r"min_lr must not exceed lr .*min_lr 0.01 > lr 0.001"):
+        load_config(None, ["--lr", "1e-3", "--min_lr", "1e-2"])
+    assert load_config(None, ["--lr", "1e-3", "--min_lr", "1e-3"]).min_lr == 1e-3  # a flat floor is fine
+
+
+def test_save_config_records_only_validated_settings(tmp_path):
+    cfg = load_config(None, ["--model.hidden_size", "48"])
+    cfg.model["hiden_size"] = 4  # changed after loading, past the check at load
+    with pytest.raises(ValueError, match="hiden_size"):
+        save_config(cfg, tmp_path / "c.yaml")
+    assert not (tmp_path / "c.yaml").exists()
+    cfg.model.pop("hiden_size")
+    cfg.min_lr = 1.0
+    with pytest.raises(ValueError, match="min_lr"):
+        save_config(cfg, tmp_path / "c.yaml")
+    assert not (tmp_path / "c.yaml").exists()

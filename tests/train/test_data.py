@@ -9,7 +9,7 @@ import zstandard
 from train_helpers import make_documents, write_jsonl
 
 from spikegpt.train.builtin_corpus import python_docs
-from spikegpt.train.data import BlockPacker, TextSource, is_validation, validation_documents
+from spikegpt.train.data import BlockPacker, TextSource, builtin_text, is_validation, validation_documents
 
 BAD_LINES = [
     b"{not json\n",
@@ -174,8 +174,19 @@ def test_builtin_corpus_holds_pydoc_topics_and_stdlib_docstrings():
     assert tuple(src.texts()) == docs
 
 
+def test_builtin_text_is_the_documents_separated_by_blank_lines():
+    text = builtin_text("builtin:python-docs")
+    docs = python_docs()
+    assert text.startswith(docs[0] + "\n\n") and text.endswith("\n\n" + docs[-1])
+    assert len(text) == sum(map(len, docs)) + 2 * (len(docs) - 1)
+    with pytest.raises(ValueError, match="unknown built-in corpus 'builtin:nosuch'"):
+        builtin_text("builtin:nosuch")
+    with pytest.raises(ValueError, match="'python-docs' is not a built-in corpus"):
+        builtin_text("python-docs")
+
+
 def test_docstring_extraction_order():
-    from spikegpt.train.builtin_corpus import _module_docstrings
+    from spikegpt.train.builtin_corpus import module_docstrings
 
     source = textwrap.dedent('''
         """Module doc."""
@@ -186,7 +197,7 @@ def test_docstring_extraction_order():
             def m(self):
                 """M doc."""
     ''').encode()
-    assert _module_docstrings(source) == "Module doc.\n\nF doc.\n\nC doc.\n\nM doc."
+    assert module_docstrings(source) == "Module doc.\n\nF doc.\n\nC doc.\n\nM doc."
 
 
 def test_hub_records_use_text_field_and_count_malformed(monkeypatch):

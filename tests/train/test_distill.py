@@ -1,4 +1,4 @@
-"""Shadow training (train/distill.py): the loss against direct computations, the recipe end to end and resumed."""
+"""Shadow training (spikegpt.train.distill): the loss against direct computations, the recipe end to end and resumed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import tiny_overrides
+from train_helpers import tiny_overrides, tiny_run
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.train.checkpoint import list_checkpoints
@@ -110,12 +110,21 @@ def test_annealer_blends_in_training_only(tmp_path):
         spiking = student.eval()(ids).logits
         plain = teacher.eval()(ids).logits
         annealer = SpikeAnnealer(student)
+        assert len(annealer.handles) == 1 + 2 * 2  # the binary embedding and the two LIFs of each block
         annealer.lam = 0.0
         assert torch.allclose(student.train()(ids).logits, plain, atol=1e-5)  # lambda 0: the non-spiking model
         assert torch.equal(student.eval()(ids).logits, spiking)  # eval: always the true spiking model
+        annealer.lam = 0.25  # the embedding blended directly: 0.25 H(E) + 0.75 E
+        emb = student.model.emb.weight[ids]
+        blended = student.train()(ids, output_hidden_states=True).hidden_states[0]
+        torch.testing.assert_close(blended, 0.25 * (emb >= 0).to(emb.dtype) + 0.75 * emb)
         annealer.lam = 1.0
         assert torch.equal(student.train()(ids).logits, spiking)
-        annealer.remove()
+        annealer.lam = 0.0
+        annealer.remove()  # no hooks left: training mode is the spiking model again
+        assert torch.equal(student.train()(ids).logits, spiking)
+    with pytest.raises(ValueError, match="no spike sites"):
+        SpikeAnnealer(torch.nn.Linear(2, 2))
 
 
 def _recipe(corpus, out, teacher, init, **extra):
@@ -125,9 +134,9 @@ def _recipe(corpus, out, teacher, init, **extra):
 
 def test_recipe_end_to_end_and_resume(tmp_path, corpus_file):
     """Teacher (non-spiking, trained here) -> student prepared with calibration -> distilled through
-    train/pretrain.py with annealing; a run stopped at step 3 and resumed equals the uninterrupted run."""
+    spikegpt train with annealing; a run stopped at step 3 and resumed equals the uninterrupted run."""
     teacher = tmp_path / "teacher"
-    t = main(tiny_overrides(corpus_file, teacher, max_steps=4, **{"model.spiking": False}))
+    t = main(tiny_run(corpus_file, teacher, max_steps=4, **{"model.spiking": False}))
     assert t["step"] == 4
     init = tmp_path / "init"
     prepare_main(_recipe(corpus_file, tmp_path / "unused", teacher, init, **{"objective_args.calibrate_batches": 1}))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train_helpers import tiny_overrides
+from train_helpers import tiny_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def test_two_cpu_ranks_with_torchrun(tmp_path, corpus_file):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "spikegpt.train.pretrain",
-           *tiny_overrides(corpus_file, out, max_steps=4, batch_size=2, debug_rank_log=True, save_interval=2)]
+           *tiny_run(corpus_file, out, max_steps=4, batch_size=2, debug_rank_log=True, save_interval=2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

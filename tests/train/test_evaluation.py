@@ -5,7 +5,7 @@ import torch
 from train_helpers import write_jsonl
 
 import spikegpt
-from spikegpt.train.evaluate import evaluate_model, resolve_model_path
+from spikegpt.train.evaluate import evaluate_model
 from spikegpt.train.evaluation import build_streams, stream_nats
 from spikegpt.train.tokenization import byte_tokenizer
 
@@ -69,11 +69,3 @@ def test_evaluate_on_a_saved_model_equals_the_direct_loss(tmp_path):
         ids = torch.tensor([joined])
         loss = float(model(input_ids=ids, labels=ids).loss)
     assert one["loss"] == pytest.approx(loss, rel=1e-5) and one["characters"] == chars + 1
-
-
-def test_resolve_model_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model in"):
-        resolve_model_path(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="model directory not found"):
-        resolve_model_path(str(tmp_path / "missing"))
-    assert resolve_model_path("some-org/some-model") == "some-org/some-model"

@@ -1,16 +1,15 @@
-"""train/finetune_classification.py end to end on local CSV / JSONL files with a tiny model."""
+"""spikegpt.train.finetune_classification end to end on local CSV / JSONL files with a tiny model."""
 
 import csv
 import json
 import random
 
 import pytest
-import torch
 from interop_helpers import save_byte_tokenizer, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 import spikegpt  # noqa: F401  (registers the Auto classes)
-from spikegpt.train.finetune_classification import encode_labels, lr_factor, main
+from spikegpt.train.finetune_classification import encode_labels, main
 
 WORDS = "the spike neuron fires when its membrane crosses a threshold and resets".split()
 
@@ -76,9 +75,3 @@ def test_bad_data_is_reported(lm_dir, tmp_path):
         encode_labels(["pos", "maybe"], ["neg", "pos"], 2, "training data")
     with pytest.raises(ValueError, match=r"label 2 outside \[0, 2\)"):
         encode_labels([0, 2], None, 2, "evaluation data")
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    assert [round(lr_factor(s, 2, 4), 3) for s in range(5)] == [0.5, 0.75, 0.5, 0.25, 0.0]
-    assert lr_factor(0, 0, 10) == 1.0
-    assert torch.isclose(torch.tensor(lr_factor(5, 0, 10)), torch.tensor(0.5))

@@ -1,5 +1,5 @@
 import pytest
-from train_helpers import tiny_overrides
+from train_helpers import tiny_run
 
 from spikegpt.train.config import load_config
 from spikegpt.train.metrics import read_metrics
@@ -15,7 +15,7 @@ def test_unknown_objective_is_a_value_error():
 
 
 def test_a_plugged_in_objective_drives_training_and_logs_its_metrics(tmp_path, corpus_file):
-    main(tiny_overrides(corpus_file, tmp_path / "o", max_steps=3, objective="train_helpers:HalfLossObjective",
-                        **{"objective_args.scale": 0.5}))
+    main(tiny_run(corpus_file, tmp_path / "o", max_steps=3, objective="train_helpers:HalfLossObjective",
+                  **{"objective_args.scale": 0.5}))
     for rec in read_metrics(tmp_path / "o" / "metrics.jsonl", "train"):
         assert rec["loss"] == pytest.approx(0.5 * rec["full_loss"], rel=1e-6)

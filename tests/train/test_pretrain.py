@@ -1,6 +1,7 @@
-"""End-to-end runs of train/pretrain.py in this process (small models, a few dozen steps at most)."""
+"""End-to-end runs of spikegpt.train.pretrain in this process (small models, a few dozen steps at most)."""
 
 import json
+import logging
 import math
 import os
 import signal
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import tiny_overrides
+from train_helpers import TINY_RECIPE, tiny_overrides, tiny_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import spikegpt  # noqa: F401  (registers the Auto classes)
@@ -17,7 +18,7 @@ from spikegpt.train.checkpoint import CheckpointError, list_checkpoints
 from spikegpt.train.config import load_config
 from spikegpt.train.metrics import read_metrics
 from spikegpt.train.pretrain import main
-from spikegpt.train.trainer import lr_factor, train
+from spikegpt.train.trainer import CPU_PARAMETER_LIMIT, Trainer, train, warn_if_large_on_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 FINAL_KEYS = {"step", "train_loss", "val_loss", "val_ppl", "val_bpc", "tokens", "tokens_per_s"}
@@ -66,17 +67,23 @@ def _losses(path):
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, corpus_file):
     extra = dict(max_steps=8, **{"model.dropout": 0.1})  # dropout: the RNG state must be restored too
-    ref = main(tiny_overrides(corpus_file, tmp_path / "a", **extra))
+    ref = main(tiny_run(corpus_file, tmp_path / "a", **extra))
+    # the rate logged after step s (the next step's): lr 3e-3 at the end of the 2-step warmup, then a cosine
+    # down to min_lr 1e-4 at step 8
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl", "train")}
+    assert lrs[1] == pytest.approx(3e-3)
+    for s in range(2, 9):
+        assert lrs[s] == pytest.approx(1e-4 + (3e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6))), s
 
     def ctrl_c_at_3(step, logs):
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = load_config(None, tiny_overrides(corpus_file, tmp_path / "b", **extra))
+    cfg = load_config(TINY_RECIPE, tiny_overrides(corpus_file, tmp_path / "b", **extra))
     stopped = train(cfg, callbacks=[ctrl_c_at_3])
     assert stopped["interrupted"] and stopped["step"] == 3
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [3]
-    resumed = main(tiny_overrides(corpus_file, tmp_path / "b", resume="latest", **extra))
+    resumed = main(tiny_run(corpus_file, tmp_path / "b", resume="latest", **extra))
     assert resumed["step"] == 8
     assert _losses(tmp_path / "b") == _losses(tmp_path / "a")  # exactly, every step
     assert resumed["val_loss"] == ref["val_loss"]
@@ -85,39 +92,82 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, corpus
 
 
 def test_refuses_to_clobber_and_names_a_corrupt_checkpoint(tmp_path, corpus_file):
-    main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=2))
+    main(tiny_run(corpus_file, tmp_path / "c", max_steps=2))
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=2))
+        main(tiny_run(corpus_file, tmp_path / "c", max_steps=2))
     ckpt = tmp_path / "c" / "checkpoint-2"
     with open(ckpt / "model.safetensors", "r+b") as f:
         f.seek(200)
         f.write(b"\x00\x01\x02")
     with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is corrupt: file model.safetensors"):
-        main(tiny_overrides(corpus_file, tmp_path / "c", max_steps=4, resume="latest"))
+        main(tiny_run(corpus_file, tmp_path / "c", max_steps=4, resume="latest"))
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, corpus_file):
     """2 micro-batches of 2 give the update of one batch of 4 (mean loss, same blocks, no dropout)."""
-    a = main(tiny_overrides(corpus_file, tmp_path / "a", max_steps=3, batch_size=4))
-    b = main(tiny_overrides(corpus_file, tmp_path / "b", max_steps=3, batch_size=2, grad_accum_steps=2))
+    a = main(tiny_run(corpus_file, tmp_path / "a", max_steps=3, batch_size=4))
+    b = main(tiny_run(corpus_file, tmp_path / "b", max_steps=3, batch_size=2, grad_accum_steps=2))
     assert a["tokens"] == b["tokens"]
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
-def test_lr_schedule_closed_form():
-    assert lr_factor(0, 4, 100, 0.1) == pytest.approx(0.25)
-    assert lr_factor(3, 4, 100, 0.1) == pytest.approx(1.0)
-    assert lr_factor(4, 4, 100, 0.1) == pytest.approx(1.0)
-    assert lr_factor(52, 4, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(100, 4, 100, 0.1) == pytest.approx(0.1)
-
-
 def test_gradient_checkpointing_gives_the_same_training(tmp_path, corpus_file):
     """Recomputing each block in the backward pass changes memory, not the result."""
-    main(tiny_overrides(corpus_file, tmp_path / "a", max_steps=3))
-    main(tiny_overrides(corpus_file, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
+    main(tiny_run(corpus_file, tmp_path / "a", max_steps=3))
+    main(tiny_run(corpus_file, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_command_line_without_config_is_refused_naming_the_recipes(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--max_steps", "5"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config is required" in err and "--config configs/tiny.yaml" in err
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        assert f"configs/{recipe.name}" in err
+
+
+def test_a_large_model_on_a_cpu_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="spikegpt.train.trainer"):
+        assert warn_if_large_on_cpu(216_000_000, torch.device("cpu"))
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING and "216.0M parameters" in message
+    assert "GPU" in message and "configs/tiny.yaml" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spikegpt.train.trainer"):
+        assert not warn_if_large_on_cpu(CPU_PARAMETER_LIMIT, "cpu")  # at the limit: no warning
+        assert not warn_if_large_on_cpu(216_000_000, torch.device("cuda", 0))  # on a GPU: none
+    assert not caplog.records
+
+
+def test_the_trainer_warns_at_start_about_its_model_on_a_cpu(tmp_path, corpus_file, caplog, monkeypatch):
+    """The run's own parameter count goes through the check when the trainer is set up (before any step)."""
+    import spikegpt.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "CPU_PARAMETER_LIMIT", 1000)  # the tiny model is "large" here
+    cfg = load_config(TINY_RECIPE, tiny_overrides(corpus_file, tmp_path / "w"))
+    with caplog.at_level(logging.WARNING, logger="spikegpt.train.trainer"):
+        trainer = Trainer(cfg)
+    try:
+        n = trainer.accelerator.unwrap_model(trainer.model).num_parameters()
+        warnings = [r.getMessage() for r in caplog.records if "on a CPU" in r.getMessage()]
+        assert len(warnings) == 1 and f"a model of {n / 1e6:.1f}M parameters on a CPU" in warnings[0]
+        assert trainer.step == 0
+    finally:
+        trainer.close()
+        trainer.accelerator.end_training()
+
+
+def test_bad_model_settings_fail_before_any_data_is_read(tmp_path, capsys):
+    missing = tmp_path / "no-such-corpus.jsonl"  # reading data would fail with FileNotFoundError naming this
+    with pytest.raises(ValueError, match="'hiden_size'.*did you mean 'hidden_size'"):
+        main(tiny_run(missing, tmp_path / "x", **{"model.hiden_size": 64}))
+    with pytest.raises(ValueError, match="min_lr must not exceed lr"):
+        main(tiny_run(missing, tmp_path / "x", lr=1e-4, min_lr=1e-3))
+    assert not (tmp_path / "x").exists()  # nothing written either

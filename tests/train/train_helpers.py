@@ -27,6 +27,14 @@ def write_jsonl(path: Path, docs: list[str]) -> Path:
     return path
 
 
+TINY_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+
+
+def tiny_run(data: Path | str, output_dir: Path, **extra) -> list[str]:
+    """The command line of a fast run: ``--config configs/tiny.yaml`` and :func:`tiny_overrides`."""
+    return ["--config", str(TINY_RECIPE), *tiny_overrides(data, output_dir, **extra)]
+
+
 def tiny_overrides(data: Path | str, output_dir: Path, **extra) -> list[str]:
     """CLI overrides for a run that takes a second or two: 2 blocks x 32, byte tokenizer, context 32."""
     settings = {

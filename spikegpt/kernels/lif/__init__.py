@@ -6,6 +6,8 @@ among its implementations.
 | ``torch_recurrent.py``  | PyTorch: the recurrence without autograd, a one-pass backward |
 | ``triton_recurrent.py`` | Triton: one thread per (row, channel) walking T (CUDA)      |
 | ``naive.py``            | the step-by-step loop reference (tests only)                |
+
+Design notes: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def lif(
     Returns:
         spikes (B, T, C) in x's dtype with values exactly 0 or 1, and the final membrane (B, C) in
         fp32 (fp64 for fp64 inputs). Chunking T and passing the membrane on equals one call.
+
+    Raises:
+        ValueError: x not (B, T, C) or not floating point, v not (B, C), tau <= 0, an unknown surrogate,
+            a mask that does not fit, or a backend that cannot run here.
 
     Example:
         >>> s, v = lif(torch.full((1, 4, 1), 1.0))   # h = 0.5, 0.75, 0.875, ... never reaches 1

@@ -1,4 +1,4 @@
-"""Plain loop reference of the multi-step LIF neuron: the spec in code, used only by tests.
+"""Plain loop reference of the multi-step LIF neuron: the definition in code, used only by tests.
 
     h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau        charge
     s_t = H(h_t - threshold)                                  fire (at equality too)

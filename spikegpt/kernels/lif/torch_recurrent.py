@@ -1,18 +1,11 @@
-"""The multi-step LIF neuron in PyTorch (every device; the fast CPU path).
+"""The multi-step LIF neuron in PyTorch, on every device (the fast CPU path); ``lif(..., backend="torch")``
+lands here.
 
     spikes, v = lif_torch(x, v, mask, tau, threshold, v_reset, detach_reset, surrogate, alpha)
 
-    h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau        charge
-    s_t = H(h_t - threshold)                                  fire (at equality too)
-    v_t = h_t (1 - s_t) + v_reset s_t                         hard reset, or
-    v_t = h_t - s_t threshold                                 soft reset (v_reset=None)
-
-PyTorch path: a custom autograd function. The forward runs the recurrence without autograd and, only
-when a gradient is needed, keeps the pre-reset potential ``h`` (T, B, C); the backward rebuilds spikes
-and surrogate slopes from ``h`` in one vectorised pass, which turns the adjoint into the linear
-recurrence ``g_{t-1} = a_t + b_t g_t`` (one fused multiply-add per step). No per-step autograd graph.
-
-Padding: ``mask`` (B, T), 0 at padded tokens, holds the membrane there and emits no spike.
+Same contract and equations as :func:`spikegpt.kernels.lif`. A custom autograd function: the forward keeps
+only the pre-reset potential (and only when a gradient is needed), the backward is one vectorised pass and
+a linear recurrence. Design: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -27,9 +20,7 @@ from ..surrogate import get_surrogate
 def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
     """Run the recurrence without autograd. Returns the pre-reset potentials H (T, B, C) and v_T (B, C).
 
-    The hard-reset loop keeps the NEGATED membrane ``n = -v`` so that each step is two fused ops:
-    ``-h_t = decay * n + (-x_t / tau)`` written straight into H, then ``F.threshold(-h_t, -threshold,
-    -v_reset)``, which keeps ``-h_t`` where ``h_t < threshold`` and writes ``-v_reset`` where it fires.
+    The loop keeps the negated membrane ``n = -v``: a hard reset is then one ``F.threshold`` per step.
     """
     dt = compute_dtype(x)
     decay = 1.0 - 1.0 / tau

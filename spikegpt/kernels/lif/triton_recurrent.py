@@ -1,42 +1,12 @@
-"""Multi-step LIF neuron as Triton kernels: forward and backward along T in one launch each.
+"""The multi-step LIF neuron as Triton kernels: forward and backward along T, one launch each.
 
-    spikes, v = lif_triton(x, v0, tau=2.0, threshold=1.0, v_reset=0.0, detach_reset=False,
-                           surrogate="atan", alpha=2.0, mask=None)
+    spikes, v = lif_triton(x, v=None, *, tau=2.0, threshold=1.0, v_reset=0.0, detach_reset=False,
+                           surrogate="atan", alpha=2.0, mask=None, unroll=None)
 
-Same contract as ``lif`` (see ``lif.py`` and ``spec/ops.md``); ``lif(..., backend="triton")`` lands here.
-
-Design: one program per (batch row, block of ``BLOCK_C`` channels), one channel per thread, walking T
-with the membrane in a register; T is cut into unrolled chunks of ``UNROLL`` tokens with a queue of 8
-tokens loaded ahead of use (a load cannot be moved above the previous token's store of the spike, which
-may alias, so the kernel issues them early itself). Inputs are upcast to fp32 right after each load.
-
-    h_t = v_{t-1} + (x_t - (v_{t-1} - v_reset)) / tau    (the reference's arithmetic, so spikes agree)
-    s_t = h_t >= threshold;  v_t = v_reset if s_t else h_t  (hard)  |  v_t = h_t - s_t * threshold  (soft)
-
-A training launch writes the pre-reset potential ``h`` (fp32, one value per element) and nothing else;
-an inference launch writes only spikes and the final membrane. The backward walks T in reverse and
-rebuilds spikes and surrogate slopes from ``h``:
-
-    sg = surrogate'(h - threshold) (0 at padding);  dv/dh = 1 - s + (v_reset - h) sg  (hard), 1 - threshold sg
-    (soft), the sg term dropped with detach_reset;  dh/dv_{t-1} = 1 - 1/tau (1 at padding)
-    g_h = g_s sg + g_v dv/dh;  g_x = g_h / tau;  g_{v_{t-1}} = dh/dv_{t-1} g_h
-
-Bytes per element (bf16 x): forward 2 (x) + 2 (spikes) + 4 (h, training only); backward 4 (h) + 2 (dL/ds)
-+ 2 (dL/dx). Surrogates are chosen by integer id (``surrogate.SURROGATE_IDS``), a compile-time constant.
-Registered as ``torch.library.custom_op`` (``spikegpt::lif_fwd`` / ``spikegpt::lif_bwd``) with fake
-implementations and autograd, so ``torch.compile`` traces ``lif`` without graph breaks.
-
-Fusing the LIF into the op that feeds it (analysis; unmeasured, no GPU was at hand). In the model the
-attention LIF reads ``Wo(sigmoid(r) * wkv)``, a matmul output: the LIF cannot sit in the WKV epilogue
-(the matmul is in between), and a matmul epilogue would have to walk T in order per column block, which
-leaves B x C / 128 programs (48 at B = 8, C = 768, on 132 SMs) and costs the matmul far more than the
-4 B per element it saves. The FFN LIF reads ``sigmoid(Wr x) * (Wv k)``, an elementwise gate: a fused
-gate+LIF kernel would read r and kv instead of x and never write x. Per element, bf16: unfused 14 B
-forward (gate 4 + 2, LIF 2 + 2 + 4 for h) and 18 B backward (LIF 4 + 2 + 2, gate 2 + 4 + 4); fused 10 B
-and 14 B, 8 B less per element per layer. For the 216M shape (B = 8, T = 1024, C = 768, 18 layers)
-that is ~0.9 GB per training step, ~0.2 ms at ~4 TB/s, against ~25 ms of matmuls per step at 35% MFU:
-under 1% of the step. Not worth a second kernel now; ``benchmarks/bench_kernels.py --fusion`` times the gate
-op that such a fusion would remove, an upper bound on its saving.
+Same contract as :func:`spikegpt.kernels.lif`; ``lif(..., backend="triton")`` lands here. Computes in fp32;
+x is fp32, fp16 or bf16. Registers the custom ops ``spikegpt::lif_fwd`` and ``spikegpt::lif_bwd``. Runs on
+CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``. Design (one thread per channel, a backward
+from the saved pre-reset potential): ``docs/kernels.md``.
 """
 
 import math
@@ -360,11 +330,14 @@ def lif_triton(
         tau, threshold, v_reset, detach_reset, surrogate, alpha: as in ``lif``; ``v_reset=None`` is the
             soft reset.
         mask: optional (B, T); 0 marks padding (membrane held, no spike).
-        unroll: tokens per unrolled loop (default 16 on a GPU, 4 in the interpreter, 1 when T = 1); any
-            value gives the same numbers.
+        unroll: tokens per unrolled loop, >= 1 (default ``UNROLL`` on a GPU, ``INTERPRET_UNROLL`` in the
+            interpreter, 1 when T = 1); any value gives the same numbers.
 
     Returns:
         spikes (B, T, C) in x's dtype (exactly 0 or 1) and the final membrane (B, C) fp32.
+
+    Raises:
+        ValueError: x not (B, T, C) or not fp32 / fp16 / bf16, v not (B, C), unroll < 1, unknown surrogate.
 
     Example (on a GPU)::
 

@@ -7,6 +7,8 @@
 | ``triton_chunk.py``  | Triton, chunk-parallel (``backend="triton_chunked"``)                   |
 | ``naive.py``         | the token-by-token loop reference (tests only)                          |
 | ``common.py``, ``triton_common.py`` | what the implementations share                           |
+
+Design notes (why each implementation is built as it is): ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -42,17 +44,20 @@ def wkv(
         k, v: (B, T, C), fp32 / fp16 / bf16 (fp64 on the PyTorch path); T >= 1.
         state: None (empty) or ``(num, den, max)``, each (B, C) fp32 (fp64 for fp64 inputs): the two sums
             scaled by ``e^-max``.
-        mask: optional (B, T); 0 marks padding, where the state is held and the output is 0.
+        mask: optional (B, T); 0 marks padding, where the state is held and the output is 0. On the PyTorch
+            path a row's y and final state do not depend on its padding or on the other rows.
         backend: None (automatic: Triton on CUDA, PyTorch elsewhere), ``"torch"``, ``"triton"`` or
             ``"triton_chunked"``; a Triton choice where Triton cannot run raises ``ValueError``.
-        chunk_size: tokens per chunk of the PyTorch path (None: ``torch_chunk.CHUNK_SIZE``, read at each call).
+        chunk_size: tokens per chunk of the PyTorch path, >= 1 (None: ``torch_chunk.CHUNK_SIZE``, read at
+            each call); it moves only the last bits. The Triton backends ignore it.
 
     Returns:
         y: (B, T, C) in v's dtype, and the state after the last token, which continues the sequence
         exactly: ``wkv(.., k[:, :t], ..)`` then ``wkv(.., k[:, t:], .., state)`` equals one call.
 
     Raises:
-        ValueError: for shapes, dtypes, a mask or a state that do not fit, or an unknown backend.
+        ValueError: for shapes, dtypes, a mask or a state that do not fit, an unknown backend, or
+            ``chunk_size < 1`` on the PyTorch path.
 
     Example:
         >>> C = 4; k = torch.randn(2, 5, C); v = torch.randn(2, 5, C)

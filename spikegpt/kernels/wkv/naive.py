@@ -1,4 +1,4 @@
-"""Plain loop reference of the WKV recurrence: the spec in code, used only by tests.
+"""Plain loop reference of the WKV recurrence: the definition in code, used only by tests.
 
 Per channel, with ``w = -exp(time_decay)`` and ``u = time_first``, the state ``(a, b, p)`` holds
 ``num = a e^p`` and ``den = b e^p`` of ``sum_{i<t} e^{(t-1-i) w + k_i} (v_i, 1)``; each token reads

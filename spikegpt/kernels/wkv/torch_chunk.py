@@ -1,14 +1,10 @@
-"""WKV in PyTorch (every device; the fast CPU path): fixed-length chunks in three vectorised passes.
+"""WKV in PyTorch, on every device (the fast CPU path); ``wkv(..., backend="torch")`` lands here.
 
     y, state = wkv_torch(time_decay, time_first, k, v, state=None, mask=None, chunk_size=None)
 
-Same contract as :func:`spikegpt.kernels.wkv`. The sequence is cut into chunks of ``chunk_size`` tokens
-(``CHUNK_SIZE`` when None, read at every call); the recurrence runs inside all chunks at once, then a scan
-over the chunk boundaries, then every output at once, with the running max everywhere. The backward is
-written out in the same three passes. A padded batch is first compacted (each row's real tokens moved to
-the front, in order), so chunk boundaries sit at fixed real-token positions of each row: a row's outputs do
-not depend on its padding or on the other rows. One token without gradients takes a direct formula.
-Design notes: ``docs/kernels.md``.
+Same contract as :func:`spikegpt.kernels.wkv`. T is cut into chunks of ``chunk_size`` tokens (``CHUNK_SIZE``
+when None, read at every call), counted in real tokens: a row's outputs and final state do not depend on
+its padding or on the other rows of the batch (bit for bit in fp32 on CPU). Design: ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -53,15 +49,11 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = False):
-    """All tokens. k, v: (B, N*L, C) in the compute dtype; mask: (B, N*L) bool or None.
+    """All tokens, in three passes over (batch, chunk, channel) (``docs/kernels.md``).
 
-    Three passes, each vectorised over (batch, chunk, channel): (1) the recurrence inside every chunk
-    at once, from an empty state, L steps; (2) a scan over the N chunk boundaries that gives the state
-    entering each chunk; (3) every output at once, combining the in-chunk state before t, the entering
-    state decayed over the real tokens before t, and the current token's bonus term.
-
-    Returns y (B, N*L, C), the final state and, with ``keep``, the state before every token as
-    (P, A, Bs) (B, N*L, C): its max and its two sums scaled by e^-P (what the backward reads).
+    k, v: (B, N*L, C) in the compute dtype; mask: (B, N*L) bool or None. Returns y (B, N*L, C), the final
+    state and, with ``keep``, the state before every token as (P, A, Bs), each (B, N*L, C): its max and its
+    two sums scaled by e^-P (what the backward reads).
     """
     B, _, C = k.shape
     k, v = k.view(B, N, L, C), v.view(B, N, L, C)
@@ -129,18 +121,9 @@ def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = Fa
 
 
 def _wkv_chunked_backward(w, u, k, v, y, kept, state0, stateT, mask, gy, gT, L: int, N: int):
-    """Gradients of ``_wkv_chunked`` in the same three vectorised passes, run backwards.
-
-    With ``P, A, Bs`` the state before token t and ``Pn`` the max after it, the adjoints of the two sums,
-    scaled by e^P like the sums themselves (``xa = dL/dnum * e^P``), follow a linear recurrence whose
-    factor ``f_t = e^{w + P_t - Pn_t}`` is at most 1:
-
-        xa_{t-1} = f_t xa_t + gy_t e1_t / d_t          xb_{t-1} = f_t xb_t - gy_t y_t e1_t / d_t
-
-    (e1, e2, d: the output's weights and denominator). It is solved like the forward: inside every chunk
-    from zero (with the running product of f), a scan over chunk ends, then every position at once. The
-    gradient of the returned max takes the argmax path of the running max: to the last key that set it
-    (and to w once per real token after it), or to the incoming max.
+    """Gradients of ``_wkv_chunked`` (w, u, k, v and the incoming state) from dL/dy ``gy`` and dL/d(final
+    state) ``gT``: the adjoint recurrence ``x_{t-1} = f_t x_t + c_t`` (``f_t <= 1``) in the forward's three
+    passes, run backwards (``docs/kernels.md``). Returns (gw, gu, gk, gv, ga0, gb0, gp0).
     """
     B, TT, C = k.shape
     a0, b0, _ = state0
@@ -263,11 +246,14 @@ def wkv_torch(
 ) -> tuple[torch.Tensor, State]:
     """WKV over (B, T, C) ``k``, ``v`` (any float dtype; accumulated in fp32, or fp64 for fp64 inputs).
 
-    ``mask``: (B, T) bool or None. ``chunk_size``: tokens per chunk (>= 1; None reads ``CHUNK_SIZE``).
-    Returns y (B, T, C) in v's dtype and the state after the last token, each (B, C) in the accumulation
-    dtype. Inputs are not checked here: :func:`spikegpt.kernels.wkv` does that.
+    ``mask``: (B, T) bool or None. ``chunk_size``: tokens per chunk (None reads ``CHUNK_SIZE``); below 1 it
+    raises ``ValueError``. Returns y (B, T, C) in v's dtype and the state after the last token, each (B, C)
+    in the accumulation dtype. The other inputs are not checked here: :func:`spikegpt.kernels.wkv` does that.
     """
     B, T, C = k.shape
+    chunk = CHUNK_SIZE if chunk_size is None else chunk_size
+    if chunk < 1:  # checked before the one-token path, so that the error does not depend on T
+        raise ValueError(f"wkv: chunk_size must be >= 1, got {chunk}")
     dt, out_dtype = compute_dtype(k), v.dtype
     w = -torch.exp(time_decay.to(dt))
     u = time_first.to(dt)
@@ -275,9 +261,6 @@ def wkv_torch(
     if T == 1 and not torch.is_grad_enabled():
         y, st = _wkv_step(w, u, k[:, 0].to(dt), v[:, 0].to(dt), st, None if mask is None else mask[:, 0])
         return y[:, None].to(out_dtype), st
-    chunk = CHUNK_SIZE if chunk_size is None else chunk_size
-    if chunk < 1:
-        raise ValueError(f"wkv: chunk_size must be >= 1, got {chunk}")
     k, v = k.to(dt), v.to(dt)
     inverse = None
     if mask is not None:

@@ -1,36 +1,11 @@
 """WKV as chunk-parallel Triton kernels: the T-parallel alternative to ``wkv_triton``, kept for measurement.
 
-    y, state = wkv_triton_chunked(time_decay, time_first, k, v, state=None, mask=None, chunk=None)
+    y, state = wkv_triton_chunked(time_decay, time_first, k, v, state=None, *, mask=None, chunk=None)
 
-Same contract as ``wkv`` (see ``wkv.py`` and ``spec/ops.md``); ``wkv(..., backend="triton_chunked")`` and
-``SpikeGPTConfig(kernel_backend="triton_chunked")`` land here. Not chosen by automatic dispatch yet: the WKV
-design is to be chosen by measurement on a GPU, and ``benchmarks/bench_kernels.py`` times this file (row
-``tchunk``, and the model step) next to the per-channel recurrence of ``wkv_triton`` (row ``triton``).
-Registered as ``torch.library.custom_op``s (``spikegpt::wkv_chunked_fwd`` / ``_bwd``) with fake
-implementations and autograd, so ``torch.compile`` traces it without graph breaks.
-
-Why it may win: ``wkv_triton`` runs one thread per (batch row, channel) through all of T, so B x C threads
-(6144 at B = 8, C = 768) must hide every memory latency with the few tokens each keeps in flight. Here T
-is cut into chunks of ``chunk`` tokens and every (batch row, chunk, channel) is a thread, T / chunk times
-the parallelism, at the price of reading the inputs twice (the second read of a chunk mostly from L2).
-
-Forward, three launches, the same arithmetic as the PyTorch path's three passes (``wkv.py``):
-(1) every chunk from an empty state: its end state; (2) one thread per (batch row, channel) scans the N
-chunk ends in order and writes the state entering each chunk; (3) every chunk again from its entering
-state, writing y. The entering states (12 B per channel per chunk) are all the backward keeps.
-
-Backward, three launches, on the adjoint recurrence of ``wkv._wkv_chunked_backward``: with ``P`` the max of
-the state before token t and ``Pn`` after it, the adjoints of the two sums scaled by e^P obey
-``x_{t-1} = f_t x_t + c_t`` with ``f_t = e^{w + P - Pn} <= 1``. (1) every chunk rebuilds its states into a
-scratch buffer and runs the recurrence backwards from zero: its local adjoint at the start, the product
-of f over it, and the last token that set the running max; (2) one thread per (batch row, channel) scans
-the chunks from the last, giving the adjoint arriving at each chunk's end; (3) every chunk rebuilds and
-runs backwards again from that adjoint, writing dk, dv and per-chunk partial sums of the time_decay and
-time_first gradients. The gradient of the returned max goes along the argmax path (to the last key that
-set it, and to w once per real token after it), put in place by PyTorch ops over (B, C).
-
-Under ``TRITON_INTERPRET=1`` the scans loop over a compile-time chunk count (the 3.6 interpreter cannot
-loop to a runtime bound); on a GPU the count is a runtime value.
+Same contract as :func:`spikegpt.kernels.wkv`; ``wkv(..., backend="triton_chunked")`` and
+``SpikeGPTConfig(kernel_backend="triton_chunked")`` land here (automatic dispatch never does). Computes in
+fp32; k and v are fp32, fp16 or bf16. Registers the custom ops ``spikegpt::wkv_chunked_fwd`` and
+``spikegpt::wkv_chunked_bwd``. Design (three launches each way): ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -416,10 +391,14 @@ def wkv_triton_chunked(
 
     Args:
         time_decay, time_first: (C,); k, v: (B, T, C) fp32 / fp16 / bf16; state: None or ``(num, den, max)``
-            each (B, C); mask: optional (B, T), 0 at padding; chunk: tokens per chunk (GPU default 32).
+            each (B, C); mask: optional (B, T), 0 at padding; chunk: tokens per chunk, >= 1 (GPU default
+            ``CHUNK``); it moves only the last bits.
 
     Returns:
         y (B, T, C) in v's dtype and the final state, each (B, C) fp32; differentiable in every input.
+
+    Raises:
+        ValueError: k, v not (B, T, C) of one shape or not fp32 / fp16 / bf16; chunk < 1.
     """
     if k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"wkv_triton_chunked: k and v must both be (B, T, C); got {tuple(k.shape)}, {tuple(v.shape)}")

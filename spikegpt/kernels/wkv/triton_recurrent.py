@@ -1,60 +1,11 @@
-"""WKV (RWKV-4 linear attention) as Triton kernels: forward, backward, and the one-token step.
+"""WKV as per-channel Triton kernels (the CUDA default): forward, backward and the one-token step.
 
-    y, state = wkv_triton(time_decay, time_first, k, v, state=None, mask=None)
+    y, state = wkv_triton(time_decay, time_first, k, v, state=None, *, mask=None, unroll=None, groups=None)
 
-Same contract as ``wkv`` (see ``wkv.py`` and ``spec/ops.md``); ``wkv(..., backend="triton")`` lands here.
-
-Design (a per-channel recurrence, like the original CUDA kernel, restructured for memory parallelism):
-one program per (batch row, block of ``BLOCK_C`` = 32 channels), one channel per thread, walking T in
-order with the state ``(num, den, max)`` in registers, in fp32 with the running max. T is walked as an
-outer runtime loop (no limit on T) over fully unrolled chunks of ``UNROLL`` tokens. Each chunk keeps a
-queue of 8 tokens' k and v loaded ahead of their use: the compiler cannot move a load above the previous
-token's store of y (the pointers may alias), so without the queue every token would wait a full memory
-latency. Per token: two ``exp`` (each pair ``e^{p-q}, e^{x-q}`` has one factor equal to 1, so it costs one
-``exp(-|p - x|)``) and a division; the serial dependence through ``p_t = max(p_{t-1} + w, k_t)`` is an
-add and a max, with the exponentials hanging off it. Inputs of any float dtype are upcast right after
-each load and cast back on store. Padded tokens (``mask`` 0) and the ragged end of T share one code
-path: the state is held and the output is 0.
-
-Backward without O(T) state per thread (the original's T_MAX): a forward that needs a gradient also
-writes the state every ``GROUPS x UNROLL`` = 64 tokens (12 B per channel, 0.19 B per element). The
-backward walks these groups last to first; for each it rebuilds the group's per-token states from its
-checkpoint into a per-program scratch buffer (64 x 3 x 32 fp32 = 24 KiB, cache resident), then runs the
-adjoint recurrence backwards through it (a queue of 4 tokens read ahead). The adjoints of the two sums
-share one running max ``r`` (``dL/dnum_t = ga e^r``), which keeps every product that forms a gradient
-(``e^{r + k}``, ``e^{w + r + p}``) at or below ``e^0``: nothing overflows for keys the forward survives
-(tested to |k| = 60 with decays down to e^-148 per token). The gradient of the returned ``max`` flows
-along the argmax path of ``p_t`` (to the last key that set it, and to ``time_decay`` once per token
-after it), as autograd of the reference does. The ``time_decay`` and ``time_first`` gradients are summed
-over T in registers and over B by the launcher (no atomics). ``UNROLL`` and ``GROUPS`` move checkpoints,
-never the arithmetic: every launch shape gives the same bits (tested). A one-token call (generation) is
-the same kernel specialised to one token: a single launch.
-
-Bytes per element (bf16): forward 6 (read k, v; write y) + 0.19 of checkpoints; backward 10 (read k, v,
-dy; write dk, dv) + 0.19, plus a second read of k and v and the scratch traffic, which stay in cache.
-fla's ``fused_recurrent_rwkv4`` stores every step's state for its backward (12 B per element each way).
-
-Why this form and not a chunked parallel-in-T form or an associative scan (fla's chunk kernels, the
-PyTorch path here)? Reasoning, unmeasured: no GPU was available when this was written, and
-``benchmarks/bench_kernels.py`` (``benchmarks/gpu_check.sh``) is the script that settles it. A scan over the
-WKV state needs an exponential per combine, ~2 log2(L) combines per element for an exclusive scan of
-length L: 10-12 exponentials per element at L = 32 against 2 here; on an H100/H200 (16 exp / clock / SM)
-that is ~0.35 ms for B = 8, T = 4096, C = 2048, several times the ~0.08 ms its forward bytes take at
-~4.8 TB/s. The recurrent form's limit is instead latency: with B x C threads (6144 at B = 8, C = 768)
-each keeping 8 tokens in flight, a memory latency of ~0.6 us is covered only partly, so expect it to
-be latency-bound (on the order of 0.1-0.3 ms at T = 4096) rather than at copy bandwidth, and to gain from
-a deeper queue. The queue depth, ``UNROLL``, ``GROUPS`` and ``BLOCK_C`` are the knobs to tune there
-(``--sweep``). The chunk-parallel form is built too, in ``wkv_triton_chunked.py`` (T / 32 times the threads,
-the inputs read twice, no exponential-heavy scan), tested like this one and timed beside it (rows
-``triton`` and ``tchunk``), so one GPU run settles which one ``wkv`` should dispatch to. Compile time
-for the backward grows quickly with ``UNROLL`` (16: ~20 s, 32: ~90 s on a slow CPU, once per dtype and
-mask setting, cached by Triton).
-
-Integration: the launchers are ``torch.library.custom_op``s (``spikegpt::wkv_fwd``, ``spikegpt::wkv_bwd``)
-with fake implementations and autograd, so ``torch.compile`` traces ``wkv`` without graph breaks. Under
-``TRITON_INTERPRET=1`` the same kernels run on CPU tensors (the tests); there the loop trip count is a
-compile-time constant, because the interpreter of triton 3.6 cannot loop to a runtime bound. Token
-indices are kept as vectors (compares of a scalar index misbehave in the 3.9 interpreter).
+Same contract as :func:`spikegpt.kernels.wkv`; ``wkv(..., backend="triton")`` lands here. Computes in fp32;
+k and v are fp32, fp16 or bf16. Registers the custom ops ``spikegpt::wkv_fwd`` and ``spikegpt::wkv_bwd``
+(``torch.compile`` traces them without graph breaks). Runs on CUDA tensors, or on CPU tensors under
+``TRITON_INTERPRET=1``. Design (one thread per channel, checkpointed backward): ``docs/kernels.md``.
 """
 
 import math
@@ -68,8 +19,8 @@ from .triton_common import NEG_INF_C, fetch, scaled_pair, state_step, token
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-UNROLL = 16  # GPU: tokens per unrolled loop (loads in flight per thread; the backward's compile time and
-GROUPS = 4  # registers grow fast with it); a checkpoint every GROUPS * UNROLL = 64 tokens
+UNROLL = 16  # GPU: tokens per unrolled loop (the backward's compile time and registers grow fast with it)
+GROUPS = 4  # GPU: unrolled loops per checkpoint (a checkpoint every GROUPS * UNROLL tokens)
 INTERPRET_UNROLL = 4  # interpreter: small, so that short test sequences cross several loops and groups
 INTERPRET_GROUPS = 2
 BLOCK_C = 32  # channels per program on a GPU: one warp, one channel per thread
@@ -458,12 +409,16 @@ def wkv_triton(
         k, v: (B, T, C), fp32 / fp16 / bf16 (fp64 is the PyTorch path's only); made contiguous.
         state: None or ``(num, den, max)``, each (B, C) (used in fp32).
         mask: optional (B, T); 0 marks padding (state held, output 0).
-        unroll, groups: launch shape (see ``plan``): tokens per unrolled loop (GPU default 16) and
-            unrolled loops per checkpoint (GPU default 4). Every choice gives the same numbers.
+        unroll, groups: launch shape (see ``plan``), each >= 1: tokens per unrolled loop (GPU default
+            ``UNROLL``) and unrolled loops per checkpoint (GPU default ``GROUPS``). Every choice gives the
+            same numbers.
 
     Returns:
         y (B, T, C) in v's dtype and the final state ``(num, den, max)``, each (B, C) fp32. Differentiable
         with respect to time_decay, time_first, k, v and the incoming state.
+
+    Raises:
+        ValueError: k, v not (B, T, C) of one shape or not fp32 / fp16 / bf16; unroll or groups < 1.
 
     Example (on a GPU)::
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from spikegpt.kernels import wkv
+from spikegpt.kernels.wkv import torch_chunk
 from spikegpt.kernels.wkv.naive import wkv_naive
 
 
@@ -225,3 +226,144 @@ def test_extreme_keys_fp32_gradients_finite_and_close():
         assert torch.isfinite(a).all()
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3 * scale)
+
+
+# ---- batch invariance: fixed chunk lengths, counted in real tokens (the padded batch is compacted) ----
+
+LENGTHS = (5, 70, 200, 0)  # below and well above the chunk length, and a row that is all padding
+PADDED_T = 231  # every row is padded, and left padding is not a whole number of chunks
+
+
+def padded_batch(layout, lengths=LENGTHS, T=PADDED_T, C=5, seed=0):
+    """fp32 inputs (B, T, C), a random incoming state and a mask that puts row b's ``lengths[b]`` real tokens
+    at the end (``left``), at the start (``right``) or at random positions (``holes``)."""
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    td, tf = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    k, v = torch.randn(B, T, C, generator=g) * 3, torch.randn(B, T, C, generator=g)
+    st = (torch.randn(B, C, generator=g), torch.rand(B, C, generator=g) + 0.1, torch.randn(B, C, generator=g))
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if layout == "left":
+            mask[b, T - n:] = True
+        elif layout == "right":
+            mask[b, :n] = True
+        else:
+            mask[b, torch.randperm(T, generator=g)[:n]] = True
+    return (td, tf, k, v), st, mask
+
+
+def alone(inputs, st, mask, b, chunk_size=None):
+    """Row b's real tokens run on their own: B = 1, no mask."""
+    td, tf, k, v = inputs
+    idx = mask[b].nonzero()[:, 0]
+    row_st = None if st is None else tuple(s[b : b + 1] for s in st)
+    return wkv(td, tf, k[b : b + 1, idx], v[b : b + 1, idx], row_st, backend="torch", chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7], ids=["default-chunk", "chunk7"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["fresh", "state"])
+@pytest.mark.parametrize("layout", ["left", "right", "holes"])
+def test_batch_invariance_outputs_bit_identical(layout, with_state, chunk_size):
+    """In fp32 on CPU, a row's outputs and final state are bit for bit those of the row run alone (B = 1, no
+    mask), whatever its padding (left, right, holes) and the lengths of the other rows.
+
+    Guards against the discrepancy that fixed-length chunks over the compacted batch remove. The chunk length
+    used to be about sqrt(T) of the padded T, fixed at import, and chunk boundaries sat at padded positions.
+    So padding moved where a row's real tokens were cut into chunks, and a left-padded prompt (batched
+    generation) differed in the last bits from the same prompt alone, and with the longest row of the batch.
+    """
+    inputs, st, mask = padded_batch(layout)
+    st = st if with_state else None
+    y, s = wkv(*inputs, st, mask=mask, backend="torch", chunk_size=chunk_size)
+    assert (y[~mask] == 0).all()
+    for b, n in enumerate(LENGTHS):
+        if n == 0:  # all padding: the state passes through untouched (the empty state when none came in)
+            want = tuple(x[b] for x in st) if st else (torch.zeros(5), torch.zeros(5), torch.full((5,), -1e38))
+            assert all(torch.equal(a[b], w) for a, w in zip(s, want)), f"row {b}"
+            continue
+        y1, s1 = alone(inputs, st, mask, b, chunk_size)
+        assert torch.equal(y[b : b + 1, mask[b]], y1), f"row {b} (length {n}): y"
+        for name, a, a1 in zip(("num", "den", "max"), s, s1):
+            assert torch.equal(a[b : b + 1], a1), f"row {b} (length {n}): {name}"
+
+
+def test_batch_invariance_needs_the_compaction(monkeypatch):
+    """The check above has teeth: with the compaction switched off (chunk boundaries at padded positions,
+    the old behaviour), a left-padded row no longer matches itself alone bit for bit, though it stays
+    close."""
+    inputs, st, mask = padded_batch("left")
+    ramp = torch.arange(PADDED_T).expand(mask.shape)
+    monkeypatch.setattr(torch_chunk, "_compact", lambda m: (ramp, ramp))
+    y, _ = wkv(*inputs, st, mask=mask, backend="torch")
+    y1, _ = alone(inputs, st, mask, 1)  # the row of 70 real tokens, 161 padded ones before them
+    assert not torch.equal(y[1:2, mask[1]], y1)
+    torch.testing.assert_close(y[1:2, mask[1]], y1, rtol=1e-5, atol=1e-5)
+
+
+def _backward(fn, inputs, st, mask, cots, dtype):
+    """Gradients of (time_decay, time_first, k, v, *incoming state) under the cotangents ``cots`` on (y, *state)."""
+    leaves = [x.detach().to(dtype).requires_grad_() for x in (*inputs, *st)]
+    y, s = fn(*leaves[:4], tuple(leaves[4:]), mask=mask)
+    sum((o.double() * c).sum() for o, c in zip((y, *s), cots)).backward()
+    return [x.grad.double() for x in leaves]
+
+
+@pytest.mark.parametrize("layout", ["left", "right", "holes"])
+def test_batch_invariance_gradients_close(layout):
+    """Gradients through a padded fp32 batch match the float64 reference on that batch, and each row's k, v and
+    incoming-state gradients match the row run alone under the same cotangents. Close, not bit-identical:
+    bit identity is claimed for outputs only (the time_decay and time_first gradients sum over the batch)."""
+    inputs, st, mask = padded_batch(layout)
+    B, T, C = inputs[2].shape
+    g = torch.Generator().manual_seed(9)
+    cots = [torch.randn(B, T, C, generator=g, dtype=torch.float64)] + [
+        torch.randn(B, C, generator=g, dtype=torch.float64) for _ in range(3)
+    ]
+
+    def torch_path(*a, mask):
+        return wkv(*a, mask=mask, backend="torch")
+
+    got = _backward(torch_path, inputs, st, mask, cots, torch.float32)
+    want = _backward(wkv_naive, inputs, st, mask, cots, torch.float64)
+    for name, a, b in zip(("time_decay", "time_first", "k", "v", "num", "den", "max"), got, want):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, name=name: f"grad {name}: {m}")
+    gk, gv, *gst = got[2:]
+    for b, n in enumerate(LENGTHS):
+        if n == 0:  # all padding: nothing reaches k and v
+            assert (gk[b] == 0).all() and (gv[b] == 0).all()
+            continue
+        td, tf, k, v = inputs
+        idx = mask[b].nonzero()[:, 0]
+        row = (td, tf, k[b : b + 1, idx], v[b : b + 1, idx])
+        row_cots = [cots[0][b : b + 1, idx]] + [c[b : b + 1] for c in cots[1:]]
+        one = _backward(torch_path, row, tuple(x[b : b + 1] for x in st), None, row_cots, torch.float32)
+        mine = (gk[b, idx], gv[b, idx], *(x[b] for x in gst))
+        for name, a, a1 in zip(("k", "v", "num", "den", "max"), mine, one[2:]):
+            msg = f"row {b} (length {n}), grad {name}"
+            torch.testing.assert_close(a, a1[0], rtol=1e-5, atol=1e-5, msg=lambda m, msg=msg: f"{msg}: {m}")
+
+
+def test_chunk_size_moves_only_the_last_bits(monkeypatch):
+    """Two chunk lengths give different last bits on a long fp32 sequence, both match the float64 reference,
+    and ``torch_chunk.CHUNK_SIZE``, changed after import, sets the chunking of the next call unless
+    ``chunk_size=`` overrides it."""
+    td, tf, k, v = (x.float() for x in make(2, 300, 6, kscale=3.0))
+    yr, sr = wkv_naive(td.double(), tf.double(), k.double(), v.double())
+
+    def run(**kw):
+        return wkv(td, tf, k, v, backend="torch", **kw)
+
+    y32, s32 = run(chunk_size=32)
+    y7, s7 = run(chunk_size=7)
+    assert not torch.equal(y32, y7)
+    for y, s in ((y32, s32), (y7, s7)):
+        torch.testing.assert_close(y.double(), yr, rtol=1e-5, atol=1e-5)
+        for a, b in zip(s, sr):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(torch_chunk, "CHUNK_SIZE", 7)
+    y, s = run()
+    assert torch.equal(y, y7) and all(torch.equal(a, b) for a, b in zip(s, s7))
+    y, s = run(chunk_size=32)  # the argument wins over the module setting
+    assert torch.equal(y, y32) and all(torch.equal(a, b) for a, b in zip(s, s32))

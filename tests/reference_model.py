@@ -43,7 +43,8 @@ def _wkv(w, u, k, v):
     return y
 
 
-def _lif(x, tau, threshold, v_reset):
+def loop_lif(x, tau, threshold, v_reset):
+    """The LIF as a plain loop over the time axis of x (T, C): charge, fire at >=, hard reset."""
     v = torch.zeros_like(x[0])
     out = []
     for t in range(x.shape[0]):
@@ -63,7 +64,7 @@ def reference_logits(sd: dict, ids, spiking=True, tau=2.0, threshold=1.0, v_rese
         x = (x >= 0).double()
 
     def spike(y):
-        return _lif(y, tau, threshold, v_reset) if spiking else y
+        return loop_lif(y, tau, threshold, v_reset) if spiking else y
 
     for l in range(L):
         p = f"blocks.{l}."

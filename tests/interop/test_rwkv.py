@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from interop_helpers import spike_totals
+from reference_model import loop_lif
 from transformers import RwkvConfig, RwkvForCausalLM
 from transformers.models.rwkv import modeling_rwkv
 
@@ -162,17 +163,6 @@ def test_state_continues_across_implementations(shape, exact_hf):
         h_rest = hf(ids[:, 7:], state=state_to_rwkv(m_pre.state), use_cache=True)
         assert_close(h_rest.logits, full[:, 7:])
         assert_close(m_pre.logits, full[:, :7])
-
-
-def loop_lif(x, tau, threshold, v_reset):
-    """The model's LIF as a plain loop over the time axis of x (T, C): charge, fire at >=, hard reset."""
-    v, out = torch.zeros_like(x[0]), []
-    for t in range(x.shape[0]):
-        h = v + (x[t] - (v - v_reset)) / tau
-        s = (h >= threshold).to(x.dtype)
-        v = h * (1 - s) + v_reset * s
-        out.append(s)
-    return torch.stack(out)
 
 
 def _layer_norms_with_rescaled_eps(model: SpikeGPTForCausalLM, every: int) -> None:

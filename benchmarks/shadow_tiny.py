@@ -51,7 +51,7 @@ def train(out: Path, config: str, steps: int, *extra: str) -> float:
         print(f"reusing {out}", flush=True)
         return float("nan")
     return run([sys.executable, "-m", "spikegpt.train.pretrain", "--config", config, "--output_dir", str(out),
-                "--overwrite", "true", "--max_steps", str(steps), *COMMON, *extra])
+                "--overwrite_output_dir", "true", "--max_steps", str(steps), *COMMON, *extra])
 
 
 def evaluate(model_dir: Path, teacher_dir: Path) -> dict:

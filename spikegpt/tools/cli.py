@@ -8,6 +8,7 @@
     spikegpt spikes MODEL --text "The cat sat on the mat." --layers 0,3 --out spikes/
     spikegpt train --config configs/tiny.yaml          (spikegpt.train.pretrain; --config is required)
     spikegpt eval --model runs/tiny --data builtin:python-docs --split val   (spikegpt.train.evaluate)
+    spikegpt prepare --config configs/tiny.yaml --output data/tiny   (spikegpt.train.prepare: tokenize once)
 
 MODEL is a local directory (``save_pretrained`` output, or a training run directory) or a Hub id.
 Every command takes ``--help``. Errors are reported in one line on stderr with a non-zero exit status
@@ -27,7 +28,8 @@ from typing import Any
 
 logger = logging.getLogger("spikegpt.tools.cli")
 
-PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evaluate"}
+PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evaluate",
+               "prepare": "spikegpt.train.prepare"}
 TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -370,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "`spikegpt train --help`)")
     sub.add_parser("eval", add_help=False, help="loss / perplexity / bits per character on text "
                    "(spikegpt.train.evaluate; see `spikegpt eval --help`)")
+    sub.add_parser("prepare", add_help=False, help="tokenize a recipe's corpus once into memory-mapped shards "
+                   "(spikegpt.train.prepare; see `spikegpt prepare --help`)")
 
     p = sub.add_parser(
         "convert", help="convert an original SpikeGPT (or RWKV-4) checkpoint to a model directory", formatter_class=fmt,

@@ -6,15 +6,21 @@ RNG states and data position of every rank) and ``checkpoint.json``, a manifest 
 of every other file, written last. A directory whose manifest is missing or disagrees with its files is
 corrupt, and :func:`verify_checkpoint` raises :class:`CheckpointError` naming the directory and the file.
 
-Also here, the rest of a run directory's I/O: the RNG states saved in a checkpoint (:func:`rng_state`,
-:func:`set_rng_state`), the final model published into ``output_dir`` itself (:func:`publish_model_dir`),
-``metrics.jsonl`` cut back to a checkpoint's step on resume (:func:`truncate_metrics`), an earlier run's files
-cleared for a fresh one (:func:`clear_run_dir`), and which model or checkpoint a path means
-(:func:`resolve_model_path`, :func:`resolve_resume`).
+Out of disk space, the temporary directory is removed, earlier checkpoints stay as they were, and
+:class:`OutOfSpaceError` says where, how much was written and how much is free; the run can resume from the
+newest checkpoint once space is freed. Several processes can write one checkpoint (each rank its shard of a
+sharded optimizer): :func:`begin_checkpoint`, then every writer, then :func:`finish_checkpoint`.
+
+Also here: the RNG states saved in a checkpoint (:func:`rng_state`, :func:`set_rng_state`), ``metrics.jsonl``
+cut back to a checkpoint's records on resume (:func:`truncate_metrics`), and which model or checkpoint a path
+means (:func:`resolve_model_path`, :func:`resolve_resume`). What a run may write or delete in its
+``output_dir`` is :mod:`spikegpt.train.run_dir`'s business.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +28,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +39,62 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.pt"
-RUN_FILES = ("metrics.jsonl", "tokenizer", "tensorboard")  # what a run writes beside its model and checkpoints
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_LOW_SPACE = 1 << 20  # bytes: a write that failed with less than this free failed for want of space
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory is incomplete or corrupt (the message names it and the offending file)."""
+
+
+class OutOfSpaceError(OSError):
+    """The disk filled while writing (the message names the path, the bytes written and the bytes free)."""
+
+
+def _tree_size(path: Path | None) -> int:
+    if path is None or not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _is_out_of_space(error: BaseException, directory: Path) -> bool:
+    """Whether ``error`` came from a full disk: ENOSPC / EDQUOT anywhere in its chain, or (for writers that
+    lose the errno, as torch.save's "enforce fail at inline_container.cc") almost nothing free on ``directory``."""
+    e: BaseException | None = error
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    try:
+        return shutil.disk_usage(directory).free < _LOW_SPACE
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, what: str, target: Path) -> Iterator[None]:
+    """Remove the temporary directory ``tmp`` when the block fails; a failure for want of disk space is
+    re-raised as :class:`OutOfSpaceError` naming ``target`` (what was being written), the bytes written, the
+    bytes free and the bytes the newest checkpoint beside it takes."""
+    try:
+        yield
+    except BaseException as e:
+        written = _tree_size(tmp)
+        full = isinstance(e, Exception) and _is_out_of_space(e, tmp.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not full:
+            raise
+        free = shutil.disk_usage(tmp.parent).free
+        newest = latest_checkpoint(tmp.parent)
+        need = f"; the newest checkpoint, {newest.name}, takes {_tree_size(newest)} bytes" if newest else ""
+        raise OutOfSpaceError(
+            errno.ENOSPC,
+            f"out of disk space writing {what} {target}: the disk filled after {written} bytes ({free} bytes "
+            f"free on {tmp.parent} once the partial {what} was removed{need}). Earlier checkpoints are intact; "
+            "free some space and resume with --resume",
+        ) from e
 
 
 def _sha256(path: Path) -> str:
@@ -66,29 +122,33 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"checkpoint-{step}"
 
 
-def write_checkpoint(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Create checkpoint directory ``path`` atomically.
-
-    ``write(tmp_dir)`` fills a temporary sibling directory; the manifest is added, every file is flushed to
-    disk, and the directory is renamed to ``path`` (replacing an older one of that name). A crash at any
-    point leaves either the old checkpoint or the new one, never a half-written directory under ``path``.
-    """
+def begin_checkpoint(path: str | Path) -> Path:
+    """Create and return the empty temporary directory in which checkpoint ``path`` is written (a sibling
+    named after ``path`` and this process); every writer fills it, then :func:`finish_checkpoint`."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    write(tmp)
-    manifest = {"files": {}}
-    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        with open(f, "rb+") as fh:
+    return tmp
+
+
+def finish_checkpoint(tmp: Path, path: str | Path) -> Path:
+    """Add the manifest to the filled temporary directory ``tmp``, flush every file to disk and rename it
+    to ``path`` (replacing an older one of that name). On failure ``tmp`` is removed (out of space:
+    :class:`OutOfSpaceError`); a crash at any point leaves the old checkpoint or the new one, never a half one."""
+    path = Path(path)
+    with removed_on_failure(tmp, "checkpoint", path):
+        manifest = {"files": {}}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+            manifest["files"][f.relative_to(tmp).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
             os.fsync(fh.fileno())
-        manifest["files"][f.relative_to(tmp).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+        _fsync_dir(tmp)
     old = None
     if path.exists():
         old = path.parent / f".old-{path.name}-{os.getpid()}"
@@ -98,6 +158,17 @@ def write_checkpoint(path: str | Path, write: Callable[[Path], None]) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def write_checkpoint(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create checkpoint directory ``path`` atomically from one process: ``write(tmp_dir)`` fills the
+    temporary directory of :func:`begin_checkpoint`, then :func:`finish_checkpoint`. On any failure the
+    temporary directory is removed (out of space: :class:`OutOfSpaceError`) and an older ``path`` is kept."""
+    path = Path(path)
+    tmp = begin_checkpoint(path)
+    with removed_on_failure(tmp, "checkpoint", path):
+        write(tmp)
+    return finish_checkpoint(tmp, path)
 
 
 def verify_checkpoint(path: str | Path) -> dict:
@@ -151,31 +222,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints and leftover temporary directories; return the deleted."""
-    deleted = []
-    for _, p in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
-        deleted.append(p)
-    for p in Path(output_dir).glob(".tmp-checkpoint-*"):
-        if p.name.endswith(f"-{os.getpid()}"):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        deleted.append(p)
-    return deleted
-
-
-def clear_run_dir(output_dir: str | Path) -> None:
-    """Delete what an earlier run left in ``output_dir``: its checkpoints, ``metrics.jsonl``, ``tokenizer/``,
-    ``tensorboard/`` and ``rank-*.jsonl`` logs (final model files are replaced when a run publishes its own)."""
-    output_dir = Path(output_dir)
-    for _, p in list_checkpoints(output_dir):
-        shutil.rmtree(p, ignore_errors=True)
-    for name in RUN_FILES:
-        p = output_dir / name
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in output_dir.glob("rank-*.jsonl"):
-        p.unlink()
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step in a ``checkpoint-<step>`` directory name (None for another name)."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def resolve_resume(value: str | None, output_dir: str | Path) -> Path | None:
@@ -213,32 +263,17 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
-def publish_model_dir(output_dir: str | Path, write: Callable[[Path], None]) -> None:
-    """Write the final model files into ``output_dir`` itself: ``write(tmp_dir)`` fills a temporary
-    subdirectory, then each file is renamed into ``output_dir`` atomically (replacing one of that name)."""
-    output_dir = Path(output_dir)
-    tmp = output_dir / f".tmp-final-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    for f in sorted(tmp.iterdir()):
-        if f.is_file():
-            os.replace(f, output_dir / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def truncate_metrics(path: str | Path, step: int) -> None:
-    """Drop the records of ``metrics.jsonl`` at ``path`` logged after ``step`` (by a run that went on past
-    its last checkpoint) and every ``final`` record; rewritten atomically, nothing to do without the file."""
+def truncate_metrics(path: str | Path, records: int) -> None:
+    """Keep the first ``records`` records of ``metrics.jsonl`` at ``path`` (those logged up to a checkpoint;
+    the rest came from a run that went on past it); rewritten atomically, nothing to do without the file."""
     path = Path(path)
     if not path.is_file():
         return
-    records = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in records
-            if json.loads(line).get("step", 0) <= step and json.loads(line).get("kind") != "final"]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) < records:
+        raise CheckpointError(f"{path} has {len(lines)} records, fewer than the {records} its checkpoint counted")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in lines[:records]), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -71,10 +71,11 @@ class TrainConfig:
     output_dir: str = "runs/spikegpt"
     seed: int = 0
     resume: str | None = None  # "latest" / "true" (newest checkpoint in output_dir) or a checkpoint directory
-    overwrite: bool = False  # start afresh in an output_dir that already holds checkpoints
+    overwrite_output_dir: bool = False  # start a new run in an output_dir holding files (see train.run_dir)
     num_threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default
     # --- data ---
-    data: str = "builtin:python-docs"  # Hub dataset name, local file/directory/glob, or builtin:python-docs
+    data: str = "builtin:python-docs"  # prepared directory (spikegpt prepare), Megatron .bin/.idx prefix, Hub
+    #                                    dataset name, local file/directory/glob, or builtin:python-docs
     data_config: str | None = None  # Hub dataset configuration name
     data_split: str = "train"  # Hub split to read
     data_revision: str | None = None  # Hub revision (branch, tag or commit)
@@ -82,7 +83,8 @@ class TrainConfig:
     text_unit: str = "paragraph"  # .txt files: one document per "paragraph", "line" or whole "document"
     val_fraction: float = 0.05  # documents held out for validation (chosen by a hash keyed on the seed)
     val_max_tokens: int = 65536  # validation budget in tokens (whole documents); 0 = every held-out document
-    shuffle_buffer: int = 10000  # documents in the shuffle buffer of the training stream
+    shuffle_buffer: int = 10000  # documents in the shuffle buffer of the training stream (streamed text)
+    prefetch: int = 4  # batches made ahead by the background data worker
     # --- tokenizer ---
     tokenizer: str = "bpe"  # "bpe" (trained here), "byte", "char", or a Hub name / local directory
     tokenizer_vocab_size: int = 4096  # for "bpe" (merges included) and "char" (most frequent characters)
@@ -106,6 +108,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
     gradient_checkpointing: bool = False
+    parallelism: str = "ddp"  # with several processes: "ddp" (replicated) or "fsdp" (FSDP2, sharded)
     objective: str = "lm"  # training loss, from spikegpt.train.objectives.OBJECTIVES
     objective_args: dict[str, Any] = field(default_factory=dict)
     # --- logging, evaluation, checkpoints ---
@@ -129,7 +132,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that is out of range."""
         positive = ["max_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "tokenizer_vocab_size",
-                    "keep_checkpoints", "shuffle_buffer", "log_interval"]
+                    "keep_checkpoints", "shuffle_buffer", "log_interval", "prefetch"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -149,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"context_length must be >= 2 (one input and one target), got {self.context_length}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.parallelism not in ("ddp", "fsdp"):
+            raise ValueError(f"parallelism must be 'ddp' or 'fsdp', got {self.parallelism!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.text_unit not in ("paragraph", "line", "document"):

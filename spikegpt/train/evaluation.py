@@ -33,8 +33,9 @@ class EvalStreams:
     documents: int
 
 
-def build_streams(docs: Sequence[tuple[str, Sequence[int]]], eot_id: int, n_streams: int) -> EvalStreams:
-    """Lay ``(text, token ids)`` documents into at most ``n_streams`` streams ``[eot] d1 [eot] d2 ...``."""
+def build_streams(docs: Sequence[tuple[str | int, Sequence[int]]], eot_id: int, n_streams: int) -> EvalStreams:
+    """Lay ``(text, token ids)`` documents into at most ``n_streams`` streams ``[eot] d1 [eot] d2 ...``; the
+    text may be given as its length in characters (prepared data keeps the count, not the text)."""
     if n_streams < 1:
         raise ValueError(f"n_streams must be >= 1, got {n_streams}")
     order = sorted(range(len(docs)), key=lambda i: (-len(docs[i][1]), i))
@@ -47,7 +48,7 @@ def build_streams(docs: Sequence[tuple[str, Sequence[int]]], eot_id: int, n_stre
             chars += 1  # the separator between two documents
         streams[s].append(eot_id)
         streams[s].extend(ids)
-        chars += len(text)
+        chars += text if isinstance(text, int) else len(text)
     return EvalStreams(streams=[s for s in streams if len(s) > 1], characters=chars, documents=len(docs))
 
 

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from spikegpt.train.config import load_config
+    from spikegpt.train.metrics import clean_record
     from spikegpt.train.trainer import teardown, train
 
     try:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
             line = {k: v for k, v in final.items() if k != "sample"}
             if "sample" in final:
                 print(f"\n--- sample at step {final['step']} ---\n{final['sample']}\n---", flush=True)
-            print(json.dumps(line), flush=True)
+            print(json.dumps(clean_record(line), allow_nan=False), flush=True)
     finally:
         teardown()
     return final

@@ -4,13 +4,16 @@
 model creation (or loading, to resume), Adam/AdamW with warmup + cosine decay, gradient accumulation and
 clipping, bf16 autocast on GPUs, periodic validation / samples / checkpoints, and a final validation,
 sample, checkpoint and model directory. It returns the final metrics. The schedule is
-:mod:`spikegpt.train.schedule`; checkpoints, RNG states and the run directory's files are
-:mod:`spikegpt.train.checkpoint`.
+:mod:`spikegpt.train.schedule`; checkpoints and RNG states :mod:`spikegpt.train.checkpoint`; what a run may
+write or delete in ``output_dir`` (one run at a time, nothing lost) :mod:`spikegpt.train.run_dir`. Batches
+come from a background worker (:mod:`spikegpt.train.loader`) reading prepared token shards
+(:mod:`spikegpt.train.token_data`) or streamed text (:mod:`spikegpt.train.data`).
 
 Resuming (``resume: latest`` or a checkpoint path) restores model, optimizer, scheduler, step, the RNG
 states and the data position of every rank, so the loss curve continues exactly as without the
-interruption (same number of processes required). SIGINT (Ctrl-C) and SIGTERM finish the current step,
-save a checkpoint and return with ``interrupted: true``; a second signal aborts at once.
+interruption (same number of processes required); settings that fix the model, tokenizer or data cannot
+change (the error names them). SIGINT (Ctrl-C) and SIGTERM finish the current step, save a checkpoint and
+return with ``interrupted: true``; a second signal aborts at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -29,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+import yaml
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,25 +40,39 @@ import spikegpt
 from spikegpt.train.checkpoint import (
     TRAINER_STATE,
     CheckpointError,
+    begin_checkpoint,
     checkpoint_path,
-    clear_run_dir,
+    checkpoint_step,
+    finish_checkpoint,
     list_checkpoints,
-    prune_checkpoints,
-    publish_model_dir,
+    removed_on_failure,
     resolve_resume,
     rng_state,
     set_rng_state,
     truncate_metrics,
     verify_checkpoint,
-    write_checkpoint,
 )
 from spikegpt.train.config import TrainConfig, save_config
 from spikegpt.train.data import BlockPacker, TextSource, training_texts, validation_documents
-from spikegpt.train.evaluation import EvalResult, build_streams, stream_nats
-from spikegpt.train.metrics import MetricsLogger
+from spikegpt.train.evaluation import EvalResult, build_streams
+from spikegpt.train.loader import Prefetcher
+from spikegpt.train.metrics import MetricsLogger, clean_record
 from spikegpt.train.objectives import build_objective
+from spikegpt.train.parallel import (
+    build_accelerator,
+    clip_grad_norm,
+    gather_model_state,
+    generate,
+    load_optimizer,
+    save_optimizer,
+    shared_directory,
+    validation_nats,
+)
+from spikegpt.train.run_dir import RunDir, RunDirError, changed_settings
 from spikegpt.train.schedule import warmup_cosine
-from spikegpt.train.tokenization import BUILT_TOKENIZERS, build_tokenizer, encoder
+from spikegpt.train.token_data import TokenPacker, open_token_data, tokenizer_hash
+from spikegpt.train.token_data import validation_documents as token_validation_documents
+from spikegpt.train.tokenization import BUILT_TOKENIZERS, build_tokenizer, encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +102,14 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 over the bytes of every parameter, in name order (equal across ranks when in sync)."""
+    """SHA-256 over the bytes of every parameter, in name order (equal across ranks when in sync; under FSDP
+    over this rank's shards)."""
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
+        t = p.detach()
+        t = t.to_local() if hasattr(t, "to_local") else t
         h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(t.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -121,14 +140,6 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 @contextlib.contextmanager
 def _quiet_saving():
     """No "Writing model shards" progress bar from save_pretrained (restored afterwards)."""
@@ -151,17 +162,28 @@ class Trainer:
         self.callbacks = list(callbacks)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        # torchrun ranks on a machine without GPUs: accelerate forms the gloo group only when told cpu=True
-        cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_ranks)
+        self.accelerator = build_accelerator(config.parallelism, config.mixed_precision)
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.output_dir = Path(config.output_dir)
         self.resume_from = resolve_resume(config.resume, config.output_dir)
-        self._prepare_output_dir()
-        set_seed(config.seed)
+        self.run_dir: RunDir | None = None  # the main process's view of output_dir (it holds the lock)
+        self.metrics: MetricsLogger | None = None
+        self.rank_log = None
+        self.loader: Prefetcher | None = None
+        self._resume_here = False  # resuming a checkpoint of output_dir itself (not one of another run)
+        self._on_main(self._open_run_dir)
+        try:
+            self._set_up()
+        except BaseException:
+            self.close()
+            raise
 
-        self.source = TextSource(
+    def _set_up(self) -> None:
+        config, acc = self.config, self.accelerator
+        set_seed(config.seed)
+        self.token_data = open_token_data(config.data, seed=config.seed, val_fraction=config.val_fraction)
+        self.source = None if self.token_data is not None else TextSource(
             config.data, data_config=config.data_config, split=config.data_split, revision=config.data_revision,
             text_field=config.text_field, text_unit=config.text_unit,
         )
@@ -171,14 +193,9 @@ class Trainer:
         self.model = self._build_model()
         self.block_len = int(config.context_length or self.model.config.context_length)
         self.model.config.context_length = self.block_len
-        self.packer = BlockPacker(
-            self.source, self.encode, self.eot_id, self.block_len, seed=config.seed,
-            val_fraction=config.val_fraction, shuffle_buffer=config.shuffle_buffer, rank=self.rank,
-            world_size=self.world,
-        )
-        self.val_docs = validation_documents(
-            self.source, config.seed, config.val_fraction, config.val_max_tokens, self.encode
-        )
+        self.loader = Prefetcher(self._build_packer(), config.batch_size, depth=config.prefetch,
+                                 pin_memory=acc.device.type == "cuda")
+        self.val_docs = self._validation_documents()
         if acc.is_main_process:
             logger.info(
                 "data %s: %d validation documents (%d tokens), tokenizer %s with %d tokens",
@@ -197,43 +214,111 @@ class Trainer:
         self._saved_step = -1
         self.tokens = 0
         self.train_time = 0.0
+        self.data_wait = 0.0  # seconds the step waited for a batch
+        self.last_loss = float("nan")  # mean training loss of the last logging window
+        self._summary: dict[str, Any] | None = None  # the final figures of a finished run being resumed
+        metrics_records = 0
         if self.resume_from is not None:
-            self._load_trainer_state(self.resume_from)
-        self.metrics = None
+            metrics_records = self._load_trainer_state(self.resume_from)
         if acc.is_main_process:
-            if self.resume_from is not None:
-                truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
-            tb = self.output_dir / "tensorboard" if config.tensorboard else None
+            self.run_dir.claim("metrics.jsonl")
+            if self._resume_here:
+                truncate_metrics(self.output_dir / "metrics.jsonl", metrics_records)
+            tb = None
+            if config.tensorboard:
+                self.run_dir.claim("tensorboard/")
+                tb = self.output_dir / "tensorboard"
             self.metrics = MetricsLogger(self.output_dir / "metrics.jsonl", tensorboard_dir=tb)
-        self.rank_log = None
+            if config.debug_rank_log:
+                for r in range(self.world):
+                    self.run_dir.claim(f"rank-{r}.jsonl")
         if config.debug_rank_log:
+            acc.wait_for_everyone()
             self.rank_log = open(self.output_dir / f"rank-{self.rank}.jsonl", "a", encoding="utf-8")
 
     # ----- set-up -----
 
-    def _prepare_output_dir(self) -> None:
-        cfg, acc = self.config, self.accelerator
+    def _on_main(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the main process; when it fails, every rank raises (the others a
+        :class:`RunDirError` quoting it) instead of waiting forever for the main process."""
+        error: BaseException | None = None
+        if self.accelerator.is_main_process:
+            try:
+                fn()
+            except Exception as e:
+                error = e
+        if self.world > 1:
+            box = [None if error is None else f"{type(error).__name__}: {error}"]
+            broadcast_object_list(box, from_process=0)
+            if error is None and box[0] is not None:
+                raise RunDirError(f"the main process failed: {box[0]}")
+        if error is not None:
+            raise error
+
+    def _run_files(self) -> list[str]:
+        """The files a run writes at the top of output_dir besides its final model."""
+        return ["metrics.jsonl", "train_config.yaml", *(f"rank-{r}.jsonl" for r in range(self.world))]
+
+    def _open_run_dir(self) -> None:
+        """Main process: take output_dir's lock, then check that the run may start there (see run_dir)."""
+        run_dir = RunDir(self.output_dir)
+        run_dir.lock()
+        try:
+            run_dir.remove_stale_temporaries()
+            if self.resume_from is None:
+                run_dir.start_fresh(self.config.overwrite_output_dir)
+            else:
+                self._check_resume(run_dir)
+        except BaseException:
+            run_dir.unlock()
+            raise
+        self.run_dir = run_dir
+
+    def _check_resume(self, run_dir: RunDir) -> None:
+        ckpt = self.resume_from
+        verify_checkpoint(ckpt)
+        try:
+            saved = yaml.safe_load((ckpt / "train_config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise CheckpointError(f"checkpoint {ckpt} has no readable train_config.yaml ({e})") from None
+        changed = changed_settings(saved, self.config.to_dict())
+        if changed:
+            raise ValueError(
+                f"cannot resume {ckpt} with changed settings: {'; '.join(changed)}. These fix the model, its "
+                "tokenizer or the data stream: drop those overrides to continue the run, or start a new run in "
+                f"another --output_dir (--init_from {ckpt} starts from its weights)"
+            )
+        step = checkpoint_step(ckpt)
+        self._resume_here = step is not None and ckpt.resolve().parent == self.output_dir.resolve()
+        if not self._resume_here:  # another run's checkpoint: a new run here, starting from its state
+            run_dir.start_fresh(self.config.overwrite_output_dir)
+            return
         existing = list_checkpoints(self.output_dir)
-        if existing and self.resume_from is None:
-            if not cfg.overwrite:
-                raise ValueError(
-                    f"output_dir {self.output_dir} already holds checkpoints (newest: {existing[-1][1].name}); "
-                    "pass --resume to continue that run, --overwrite true to start afresh there, or choose "
-                    "another --output_dir"
-                )
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            if self.resume_from is None:  # a fresh run: files of an earlier run here go (checkpoints only with
-                clear_run_dir(self.output_dir)  # --overwrite, checked above)
-            save_config(cfg, self.output_dir / "train_config.yaml")
-        acc.wait_for_everyone()
-        if self.resume_from is not None:
-            verify_checkpoint(self.resume_from)
+        run_dir.adopt([p.name + "/" for _, p in existing]
+                      + (["metrics.jsonl"] if (self.output_dir / "metrics.jsonl").is_file() else []))
+        newer = [p for s, p in existing if s > step]
+        if newer:
+            dest = run_dir.supersede(newer, move=run_dir.model_files(self._run_files()), copy=["metrics.jsonl"])
+            logger.warning(
+                "resuming from %s while newer checkpoints exist: a branch starts here. The abandoned line's "
+                "%s, its final model (if any) and a copy of its metrics were moved to %s", ckpt.name,
+                ", ".join(p.name for p in newer), dest,
+            )
 
     def _load_tokenizer(self):
-        cfg, acc = self.config, self.accelerator
+        cfg, acc, data = self.config, self.accelerator, self.token_data
         if self.resume_from is not None:
             return AutoTokenizer.from_pretrained(self.resume_from)
+        if data is not None and data.tokenizer_dir is not None:  # prepared data: the tokenizer it was made with
+            tok = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+            if cfg.tokenizer not in BUILT_TOKENIZERS and tokenizer_hash(load_tokenizer(cfg.tokenizer)) != \
+                    data.tokenizer_hash:
+                raise ValueError(f"tokenizer {cfg.tokenizer!r} is not the one data {cfg.data!r} was prepared with "
+                                 f"(in {data.tokenizer_dir}); leave tokenizer unset or name that one")
+            return tok
+        if data is not None and cfg.tokenizer in ("bpe", "char"):
+            raise ValueError(f"data {cfg.data!r} holds token ids without their tokenizer: set tokenizer to the one "
+                             "it was made with (a Hub name or directory, e.g. EleutherAI/gpt-neox-20b)")
         if cfg.init_from is not None and cfg.tokenizer in BUILT_TOKENIZERS and cfg.tokenizer != "byte":
             return AutoTokenizer.from_pretrained(cfg.init_from)  # a retrained vocabulary would scramble the ids
         if cfg.tokenizer not in ("bpe", "char"):
@@ -244,12 +329,34 @@ class Trainer:
                 t0 = time.perf_counter()
                 texts = training_texts(self.source, cfg.seed, cfg.val_fraction, cfg.tokenizer_train_chars)
                 tok = build_tokenizer(cfg.tokenizer, texts, cfg.tokenizer_vocab_size)
-                tok.save_pretrained(tok_dir)
+                self.run_dir.publish(tok.save_pretrained, into="tokenizer")
                 logger.info("trained a %s tokenizer with %d tokens in %.1f s", cfg.tokenizer, len(tok),
                             time.perf_counter() - t0)
             else:
                 tok = AutoTokenizer.from_pretrained(tok_dir)
         return tok
+
+    def _build_packer(self):
+        cfg = self.config
+        if self.token_data is not None:
+            eot = None if self.token_data.kind == "binidx" else self.eot_id  # binidx documents end with theirs
+            return TokenPacker(self.token_data.split("train"), eot, self.block_len, seed=cfg.seed, rank=self.rank,
+                               world_size=self.world)
+        return BlockPacker(
+            self.source, self.encode, self.eot_id, self.block_len, seed=cfg.seed, val_fraction=cfg.val_fraction,
+            shuffle_buffer=cfg.shuffle_buffer, rank=self.rank, world_size=self.world,
+        )
+
+    def _validation_documents(self) -> list[tuple[str | int, list[int]]]:
+        cfg = self.config
+        if self.token_data is not None:
+            docs = token_validation_documents(  # characters: of the prepared index, or of the decoded text
+                self.token_data, cfg.val_max_tokens,
+                decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+            if self.token_data.kind == "binidx":  # each ends with its end-of-document token: the streams add one
+                docs = [(chars, ids[:-1] if ids and ids[-1] == self.eot_id else ids) for chars, ids in docs]
+            return docs
+        return validation_documents(self.source, cfg.seed, cfg.val_fraction, cfg.val_max_tokens, self.encode)
 
     def _build_model(self) -> torch.nn.Module:
         cfg = self.config
@@ -295,49 +402,65 @@ class Trainer:
 
     # ----- checkpoints -----
 
-    def _optimizer_state(self) -> dict[str, Any] | None:
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    def save_checkpoint(self, summary: dict[str, Any] | None = None) -> Path:
+        """Write ``checkpoint-<step>`` (all ranks must call this) and keep the newest ``keep_checkpoints``.
+        ``summary``: the final figures of a finished run (a resume of it reports them instead of retraining).
 
-            return get_optimizer_state_dict(
-                self.model, self.optimizer.optimizer,
-                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
-            )
-        return self.optimizer.state_dict()
-
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` (all ranks must call this) and keep the newest ``keep_checkpoints``."""
+        Every rank writes its part into one temporary directory (rank 0 makes it and shares its name): the
+        optimizer state (under FSDP each rank its shard), then rank 0 the model, tokenizer, trainer state
+        and config, the manifest, and renames it into place. A failure on any rank removes the temporary
+        directory and raises on every rank (out of disk space: ``OutOfSpaceError``)."""
         acc, cfg = self.accelerator, self.config
-        state_dict = acc.get_state_dict(self.model)
-        optimizer_state = self._optimizer_state()
+        state_dict = gather_model_state(acc, self.model)
         rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
-        positions = gather_object([self.packer.state_dict()]) if self.world > 1 else [self.packer.state_dict()]
+        position = self.loader.state_dict()
+        positions = gather_object([position]) if self.world > 1 else [position]
         path = checkpoint_path(self.output_dir, self.step)
-        if acc.is_main_process:
+
+        def begin() -> Path:
+            self.run_dir.claim(path.name + "/")
+            return begin_checkpoint(path)
+
+        tmp = shared_directory(acc, begin)
+        try:
+            save_optimizer(acc, self.model, self.optimizer, tmp)
+            failure = None
+        except Exception as e:
+            failure = f"rank {self.rank} could not write its optimizer state: {type(e).__name__}: {e}"
+        failures = [f for f in (gather_object([failure]) if self.world > 1 else [failure]) if f is not None]
+
+        def write_rest() -> None:
             trainer_state = {
                 "step": self.step, "tokens": self.tokens, "train_time": self.train_time,
-                "world_size": self.world, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                "rng": rngs, "data": positions,
+                "data_wait": self.data_wait, "world_size": self.world, "scheduler": self.scheduler.state_dict(),
+                "rng": rngs, "data": positions, "train_loss": self.last_loss,
+                "metrics_records": self.metrics.records, "summary": summary,
             }
-            unwrapped = acc.unwrap_model(self.model)
-
-            def write(tmp: Path) -> None:
+            with removed_on_failure(tmp, "checkpoint", path):
+                if failures:
+                    raise OSError("; ".join(failures))
                 with _quiet_saving():
-                    unwrapped.save_pretrained(tmp, state_dict=state_dict)
+                    acc.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
                 self.tokenizer.save_pretrained(tmp)
                 torch.save(trainer_state, tmp / TRAINER_STATE)
                 save_config(cfg, tmp / "train_config.yaml")
-
-            write_checkpoint(path, write)
-            prune_checkpoints(self.output_dir, cfg.keep_checkpoints)
+            finish_checkpoint(tmp, path)
+            self.run_dir.prune_checkpoints(cfg.keep_checkpoints)
             logger.info("saved %s", path)
-        acc.wait_for_everyone()
+
+        self._on_main(write_rest)
         self._saved_step = self.step
         return path
 
-    def _load_trainer_state(self, path: Path) -> None:
+    def _load_trainer_state(self, path: Path) -> int:
+        """Restore optimizer, schedule, step, RNG and data position from checkpoint ``path``; return the number
+        of metrics records it had logged."""
         try:
             state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+            records = int(state["metrics_records"])
+        except KeyError as e:
+            raise CheckpointError(f"checkpoint {path} lacks {e} in {TRAINER_STATE} (written by an older spikegpt; "
+                                  "start a new run with --init_from it)") from None
         except Exception as e:  # a checksummed file that still fails to load
             raise CheckpointError(f"checkpoint {path} is corrupt: {TRAINER_STATE} cannot be read ({e})") from e
         if state["world_size"] != self.world:
@@ -345,36 +468,43 @@ class Trainer:
                 f"checkpoint {path} was written by {state['world_size']} processes; resume it with the same "
                 f"number (this run has {self.world}) so that every rank continues its own data stream"
             )
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer.optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        # this run's optimizer settings (a resumed run may change them: lr, betas, eps, weight decay)
+        groups = self.optimizer.param_groups
+        settings = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in groups]
+        load_optimizer(self.accelerator, self.model, self.optimizer, path)
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [g["initial_lr"] for g in settings]
+        step = self.scheduler.last_epoch
+        for g, mine, rule in zip(groups, settings, self.scheduler.lr_lambdas):
+            g.update(mine)
+            g["lr"] = mine["initial_lr"] * rule(step)
+        self.scheduler._last_lr = [g["lr"] for g in groups]
         self.step, self.tokens, self.train_time = int(state["step"]), int(state["tokens"]), float(state["train_time"])
+        self.data_wait, self.last_loss = float(state["data_wait"]), float(state["train_loss"])
+        self._summary = state["summary"]
         self._saved_step = self.step
-        self.packer.load_state_dict(state["data"][self.rank])
+        self.loader.load_state_dict(state["data"][self.rank])
         set_rng_state(state["rng"][self.rank])
         if self.accelerator.is_main_process:
             logger.info("resumed from %s at step %d", path, self.step)
+        return records
 
     def save_model_dir(self) -> None:
         """Write the final model, tokenizer and config into ``output_dir`` (loadable with from_pretrained)."""
         acc = self.accelerator
-        state_dict = acc.get_state_dict(self.model)
-        if acc.is_main_process:
+        state_dict = gather_model_state(acc, self.model)
+
+        def publish() -> None:
             unwrapped = acc.unwrap_model(self.model)
 
             def write(tmp: Path) -> None:
                 with _quiet_saving():
                     unwrapped.save_pretrained(tmp, state_dict=state_dict)
                 self.tokenizer.save_pretrained(tmp)
-                save_config(self.config, tmp / "train_config.yaml")
 
-            publish_model_dir(self.output_dir, write)
-        acc.wait_for_everyone()
+            self.run_dir.publish(write)
+
+        self._on_main(publish)
 
     # ----- evaluation -----
 
@@ -385,11 +515,8 @@ class Trainer:
         acc = self.accelerator
         mine = self.val_docs[self.rank :: self.world]
         streams = build_streams(mine, self.eot_id, self.config.eval_batch_size) if mine else None
-        model = self.model if acc.distributed_type == DistributedType.FSDP else acc.unwrap_model(self.model)
-        nats, count = 0.0, 0
-        if streams is not None:
-            nats, count = stream_nats(model, streams.streams, self.block_len, self.config.eval_batch_size,
-                                      device=acc.device, autocast=acc.autocast)
+        nats, count = validation_nats(acc, self.model, streams.streams if streams else None, self.block_len,
+                                      self.config.eval_batch_size)
         totals = torch.tensor([nats, count, streams.characters if streams else 0, len(mine)], dtype=torch.float64,
                               device=acc.device)
         if self.world > 1:
@@ -400,8 +527,6 @@ class Trainer:
     def sample(self) -> str | None:
         """A generated continuation of ``sample_prompt`` (fixed seed; the training RNG is left untouched)."""
         acc, cfg = self.accelerator, self.config
-        if acc.distributed_type == DistributedType.FSDP:
-            return None  # generate() would need the gathered parameters on every rank
         model = acc.unwrap_model(self.model)
         prompt_ids = [self.eot_id, *self.encode(cfg.sample_prompt)]
         ids = torch.tensor([prompt_ids], device=acc.device)
@@ -411,8 +536,8 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=devices), acc.autocast():
                 torch.manual_seed(cfg.seed + self.step)
-                out = model.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.sample_max_new_tokens,
+                out = generate(
+                    acc, self.model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.sample_max_new_tokens,
                     do_sample=True, temperature=cfg.sample_temperature, top_k=cfg.sample_top_k,
                     pad_token_id=self.eot_id, eos_token_id=self.eot_id,
                 )
@@ -444,17 +569,16 @@ class Trainer:
             logger.info("step %d sample:\n%s", self.step, text)
         return text
 
-    def run(self) -> dict[str, Any]:
-        """Train to ``max_steps`` (or until a stop signal); return the final metrics."""
+    def _mean_loss(self, window: list[float]) -> float:
+        local = torch.tensor([sum(window) / len(window)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(local, reduction="mean") if self.world > 1 else local)
+
+    def _train(self) -> bool:
+        """The optimizer steps up to ``max_steps``; return whether a stop signal ended them early."""
         acc, cfg = self.accelerator, self.config
         model, optimizer = self.model, self.optimizer
-        if acc.is_main_process:
-            self._log("run", world_size=self.world, num_parameters=acc.unwrap_model(model).num_parameters(),
-                      block_len=self.block_len, resumed_from=str(self.resume_from) if self.resume_from else None,
-                      python=sys.version.split()[0], mixed_precision=acc.mixed_precision)
         tokens_per_step = cfg.batch_size * (self.block_len - 1) * cfg.grad_accum_steps * self.world
         window: list[float] = []
-        last_loss = float("nan")
         interrupted = False
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
                    unit="step", dynamic_ncols=True)
@@ -466,18 +590,20 @@ class Trainer:
                 extras: dict[str, float] = {}
                 batches = []
                 for micro in range(cfg.grad_accum_steps):
-                    batch = self.packer.next_batch(cfg.batch_size)
+                    t_wait = time.perf_counter()
+                    batch = self.loader.next()
+                    self.data_wait += time.perf_counter() - t_wait
                     batches.append(batch)
                     sync = micro == cfg.grad_accum_steps - 1
                     with contextlib.nullcontext() if sync else acc.no_sync(model):
-                        loss, extra = self.objective(model, {"input_ids": batch.to(acc.device)})
+                        loss, extra = self.objective(model, {"input_ids": batch.to(acc.device, non_blocking=True)})
                         acc.backward(loss / cfg.grad_accum_steps)
                     micro_losses.append(loss.detach().float())
                     for k, v in extra.items():
                         extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum_steps
                 grad_norm = None
                 if cfg.grad_clip > 0:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    grad_norm = clip_grad_norm(acc, model, cfg.grad_clip)
                 optimizer.step()
                 self.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -491,20 +617,18 @@ class Trainer:
                 bar.update(1)
 
                 if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                    local = torch.tensor([sum(window) / len(window)], device=acc.device)
-                    mean = acc.reduce(local, reduction="mean") if self.world > 1 else local
-                    last_loss = float(mean)
+                    self.last_loss = self._mean_loss(window)
                     window = []
                     tps = self.tokens / max(self.train_time, 1e-9)
                     values = {
-                        "loss": last_loss, "ppl": math.exp(min(last_loss, 700.0)),
+                        "loss": self.last_loss, "ppl": math.exp(min(self.last_loss, 700.0)),
                         "lr": self.scheduler.get_last_lr()[0], "tokens": self.tokens, "tokens_per_s": tps,
-                        **extras,
+                        "data_wait_frac": self.data_wait / max(self.train_time, 1e-9), **extras,
                     }
                     if grad_norm is not None:
                         values["grad_norm"] = float(grad_norm)
                     self._log("train", **values)
-                    bar.set_postfix(loss=f"{last_loss:.3f}", ppl=f"{values['ppl']:.1f}", tok_s=f"{tps:.0f}")
+                    bar.set_postfix(loss=f"{self.last_loss:.3f}", ppl=f"{values['ppl']:.1f}", tok_s=f"{tps:.0f}")
                 for cb in self.callbacks:
                     cb(self.step, {"loss": step_loss})
 
@@ -521,39 +645,59 @@ class Trainer:
                     interrupted = True
                     break
         bar.close()
-
         if window:  # steps since the last log: the final train loss covers them
-            local = torch.tensor([sum(window) / len(window)], device=acc.device)
-            last_loss = float(acc.reduce(local, reduction="mean") if self.world > 1 else local)
-        result: EvalResult | None = None
-        sample = None
-        if interrupted:
-            logger.warning("stopping at step %d on request", self.step)
+            self.last_loss = self._mean_loss(window)
+        return interrupted
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``max_steps`` (or until a stop signal); return the final metrics.
+
+        A resumed run that had already finished reports its saved final figures (nothing is trained,
+        validated or logged twice)."""
+        acc, cfg = self.accelerator, self.config
+        self._on_main(lambda: self.run_dir.publish(lambda tmp: save_config(cfg, tmp / "train_config.yaml")))
+        if acc.is_main_process:
+            self._log("run", world_size=self.world, num_parameters=acc.unwrap_model(self.model).num_parameters(),
+                      block_len=self.block_len, resumed_from=str(self.resume_from) if self.resume_from else None,
+                      python=sys.version.split()[0], mixed_precision=acc.mixed_precision)
+        interrupted = False
+        summary = self._summary if self.step >= cfg.max_steps else None
+        if summary is not None:
+            logger.info("the run had finished at step %d (max_steps %d): nothing left to train", self.step,
+                        cfg.max_steps)
         else:
-            result = self._run_validation()
-            sample = self._run_sample()
-        if self._saved_step != self.step:
-            self.save_checkpoint()
+            interrupted = self._train()
+            if interrupted:
+                logger.warning("stopping at step %d on request", self.step)
+            else:
+                result = self._run_validation()
+                sample = self._run_sample()
+                summary = {"train_loss": self.last_loss, "val_loss": result.loss if result else None,
+                           "val_ppl": result.ppl if result else None, "val_bpc": result.bpc if result else None,
+                           "sample": sample}
+            if self._saved_step != self.step or summary is not None:
+                self.save_checkpoint(summary)
         if not interrupted:
             self.save_model_dir()
         final = {
             "step": self.step,
-            "train_loss": last_loss,
-            "val_loss": result.loss if result else None,
-            "val_ppl": result.ppl if result else None,
-            "val_bpc": result.bpc if result else None,
+            "train_loss": summary["train_loss"] if summary else self.last_loss,
+            "val_loss": summary["val_loss"] if summary else None,
+            "val_ppl": summary["val_ppl"] if summary else None,
+            "val_bpc": summary["val_bpc"] if summary else None,
             "tokens": self.tokens,
             "tokens_per_s": self.tokens / max(self.train_time, 1e-9),
             "train_time_s": self.train_time,
-            "malformed_records": self.source.malformed,
+            "data_wait_frac": self.data_wait / max(self.train_time, 1e-9),
+            "malformed_records": self.source.malformed if self.source is not None else 0,
             "interrupted": interrupted,
             "output_dir": str(self.output_dir),
         }
-        if sample is not None:
-            final["sample"] = sample
+        if summary is not None and summary.get("sample") is not None:
+            final["sample"] = summary["sample"]
         if acc.is_main_process:
             self._log("final", **final)
-        return final
+        return clean_record(final)
 
     def _write_rank_log(self, batches: list[torch.Tensor]) -> None:
         rows = [hashlib.sha256(row.numpy().tobytes()).hexdigest()[:16] for b in batches for row in b]
@@ -563,10 +707,17 @@ class Trainer:
         self.rank_log.flush()
 
     def close(self) -> None:
+        """Stop the data worker, close the logs and release output_dir's lock (safe to call twice)."""
+        if self.loader is not None:
+            self.loader.close()
         if self.metrics is not None:
             self.metrics.close()
+            self.metrics = None
         if self.rank_log is not None:
             self.rank_log.close()
+            self.rank_log = None
+        if self.run_dir is not None:
+            self.run_dir.unlock()
 
 
 def train(config: TrainConfig, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:

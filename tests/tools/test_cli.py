@@ -59,7 +59,8 @@ def assert_one_line_error(code, err, *needles):
 # ----------------------------------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("cmd", [[], ["generate"], ["convert"], ["energy"], ["spikes"], ["train"], ["eval"]])
+@pytest.mark.parametrize("cmd", [[], ["generate"], ["convert"], ["energy"], ["spikes"], ["train"], ["eval"],
+                                 ["prepare"]])
 def test_help_everywhere(capsys, cmd):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
@@ -67,7 +68,7 @@ def test_help_everywhere(capsys, cmd):
     out = capsys.readouterr().out
     assert out.startswith("usage: spikegpt") and (" ".join(["spikegpt", *cmd]) in out)
     if not cmd:
-        for sub in ("generate", "eval", "train", "convert", "energy", "spikes"):
+        for sub in ("generate", "eval", "train", "prepare", "convert", "energy", "spikes"):
             assert sub in out
 
 

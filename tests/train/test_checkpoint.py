@@ -9,12 +9,11 @@ from spikegpt.train.checkpoint import (
     MANIFEST,
     TRAINER_STATE,
     CheckpointError,
+    OutOfSpaceError,
     checkpoint_path,
-    clear_run_dir,
+    checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
-    prune_checkpoints,
-    publish_model_dir,
     resolve_model_path,
     resolve_resume,
     rng_state,
@@ -23,6 +22,7 @@ from spikegpt.train.checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from spikegpt.train.run_dir import RunDir
 
 
 def _writer(payload: bytes):
@@ -77,12 +77,61 @@ def test_corruption_is_detected_and_named(tmp_path, damage, match):
     assert str(path) in str(e.value)
 
 
-def test_prune_keeps_the_newest(tmp_path):
+def test_prune_keeps_the_newest_of_the_runs_own_checkpoints(tmp_path):
+    run_dir = RunDir(tmp_path)
     for step in range(1, 6):
         write_checkpoint(checkpoint_path(tmp_path, step), _writer(b"p"))
-    (tmp_path / ".tmp-checkpoint-9-99999999").mkdir()  # a crashed writer's leftovers
-    prune_checkpoints(tmp_path, keep=2)
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 5]
+    run_dir.add(*(f"checkpoint-{s}/" for s in (1, 2, 4, 5)))  # checkpoint-3 came from elsewhere
+    (tmp_path / ".tmp-checkpoint-9-99999999").mkdir()  # another process's temporary
+    deleted = run_dir.prune_checkpoints(keep=2)
+    assert [p.name for p in deleted] == ["checkpoint-1", "checkpoint-2"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4, 5]
+    assert (tmp_path / ".tmp-checkpoint-9-99999999").is_dir()  # only its maker removes it
+    assert not run_dir.owns("checkpoint-1/") and run_dir.owns("checkpoint-4/")
+    assert checkpoint_step(tmp_path / "checkpoint-12") == 12 and checkpoint_step(tmp_path / "best") is None
+
+
+def _fill_after(limit: int):
+    """A writer that puts ``limit`` bytes on disk and then fails as a full disk does (ENOSPC)."""
+    import errno
+
+    def write(tmp):
+        (tmp / "config.json").write_text("{}")
+        (tmp / TRAINER_STATE).write_bytes(b"s" * limit)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+def test_out_of_space_removes_the_partial_checkpoint_and_names_path_and_bytes(tmp_path):
+    write_checkpoint(checkpoint_path(tmp_path, 2), _writer(b"e" * 64))
+    with pytest.raises(OutOfSpaceError) as e:
+        write_checkpoint(checkpoint_path(tmp_path, 4), _fill_after(5000))
+    message = str(e.value)
+    assert str(tmp_path / "checkpoint-4") in message and "after 5002 bytes" in message  # config.json's 2 too
+    assert "bytes free" in message and "checkpoint-2, takes" in message and "--resume" in message
+    assert not list(tmp_path.glob(".tmp-*")) and not (tmp_path / "checkpoint-4").exists()
+    verify_checkpoint(tmp_path / "checkpoint-2")  # the earlier checkpoint is intact
+
+
+def test_a_writer_that_loses_the_errno_on_a_full_disk_is_still_reported_as_out_of_space(tmp_path, monkeypatch):
+    """torch.save reports a full disk as "enforce fail at inline_container.cc" without an errno: then the
+    free space decides."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+
+    def broken(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
+    with pytest.raises(OutOfSpaceError, match="4096 bytes free"):
+        write_checkpoint(checkpoint_path(tmp_path, 1), broken)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage(1 << 30, 0, 1 << 30))
+    with pytest.raises(RuntimeError, match="enforce fail"):  # with space to spare it is not a full disk
+        write_checkpoint(checkpoint_path(tmp_path, 1), broken)
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -104,44 +153,16 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     assert _draws() == expected
 
 
-def test_publish_model_dir_replaces_files_in_place(tmp_path):
-    (tmp_path / "config.json").write_text("old")
-    (tmp_path / "metrics.jsonl").write_text("kept\n")
-
-    def write(tmp):
-        (tmp / "config.json").write_text("new")
-        (tmp / "model.safetensors").write_bytes(b"w" * 10)
-
-    publish_model_dir(tmp_path, write)
-    assert (tmp_path / "config.json").read_text() == "new"
-    assert (tmp_path / "model.safetensors").read_bytes() == b"w" * 10
-    assert (tmp_path / "metrics.jsonl").read_text() == "kept\n"  # other files untouched
-    assert not list(tmp_path.glob(".tmp-*"))
-
-
-def test_truncate_metrics_keeps_records_up_to_the_step(tmp_path):
+def test_truncate_metrics_keeps_the_records_a_checkpoint_counted(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    records = [{"kind": "train", "step": s} for s in range(1, 6)] + [{"kind": "final", "step": 2}]
+    records = [{"kind": "train", "step": s} for s in range(1, 6)] + [{"kind": "final", "step": 5}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
     truncate_metrics(path, 3)
-    kept = [json.loads(line) for line in path.read_text().splitlines()]
-    assert kept == [r for r in records if r["step"] <= 3 and r["kind"] != "final"]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:3]
+    with pytest.raises(CheckpointError, match="has 3 records, fewer than the 4"):
+        truncate_metrics(path, 4)
     truncate_metrics(tmp_path / "missing.jsonl", 3)  # no file: nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
-
-
-def test_clear_run_dir_removes_an_earlier_runs_files_only(tmp_path):
-    for step in (1, 2):
-        write_checkpoint(checkpoint_path(tmp_path, step), _writer(b"c"))
-    (tmp_path / "metrics.jsonl").write_text("{}\n")
-    (tmp_path / "rank-0.jsonl").write_text("{}\n")
-    (tmp_path / "tokenizer").mkdir()
-    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
-    (tmp_path / "notes.txt").write_text("mine")
-    (tmp_path / "config.json").write_text("{}")
-    clear_run_dir(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt"]
-    clear_run_dir(tmp_path / "missing")  # nothing there: nothing to do
 
 
 def test_resolve_model_path(tmp_path):

@@ -93,7 +93,7 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path, corpus
 
 def test_refuses_to_clobber_and_names_a_corrupt_checkpoint(tmp_path, corpus_file):
     main(tiny_run(corpus_file, tmp_path / "c", max_steps=2))
-    with pytest.raises(ValueError, match="already holds checkpoints"):
+    with pytest.raises(ValueError, match="is not empty: it holds an earlier run's .*checkpoint-2/"):
         main(tiny_run(corpus_file, tmp_path / "c", max_steps=2))
     ckpt = tmp_path / "c" / "checkpoint-2"
     with open(ckpt / "model.safetensors", "r+b") as f:
@@ -171,3 +171,62 @@ def test_bad_model_settings_fail_before_any_data_is_read(tmp_path, capsys):
     with pytest.raises(ValueError, match="min_lr must not exceed lr"):
         main(tiny_run(missing, tmp_path / "x", lr=1e-4, min_lr=1e-3))
     assert not (tmp_path / "x").exists()  # nothing written either
+
+
+# ----- training from pre-tokenized data -----
+
+
+def test_prepared_shards_train_resume_exactly_and_evaluate_the_stored_split(tmp_path, corpus_file):
+    """spikegpt prepare, then train from the directory: interrupt + resume gives the uninterrupted run's
+    losses and weights, and validation covers the prepared held-out documents with their characters."""
+    from spikegpt.train.data import is_validation
+    from spikegpt.train.prepare import prepare
+    from spikegpt.train.token_data import TokenPacker, open_token_data
+
+    data = tmp_path / "prepared"
+    prepare(load_config(TINY_RECIPE, tiny_overrides(corpus_file, tmp_path / "unused")), data, progress=False)
+    extra = dict(max_steps=6, **{"model.dropout": 0.1})
+    ref = main(tiny_run(data, tmp_path / "a", **extra))
+
+    def stop_at_3(step, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert train(load_config(TINY_RECIPE, tiny_overrides(data, tmp_path / "b", **extra)), [stop_at_3])["step"] == 3
+    state = torch.load(tmp_path / "b" / "checkpoint-3" / "trainer_state.pt", weights_only=True)
+    assert state["data"][0]["block"] == 3 * 4  # the position is a few integers: 3 steps x 4 blocks
+    resumed = main(tiny_run(data, tmp_path / "b", resume="latest", **extra))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a") and resumed["val_loss"] == ref["val_loss"]
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # the batches are the packer's (documents of the prepared train split, eot-separated), in order
+    docs = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
+    split = open_token_data(data).split("train")
+    first = TokenPacker(split, 256, 32, seed=0).next_batch(4)
+    assert len(split) == sum(not is_validation(d, 0, 0.1) for d in docs)
+    val = read_metrics(tmp_path / "a" / "metrics.jsonl", "val")[-1]
+    held_out = [d for d in docs if is_validation(d, 0, 0.1)]
+    used, chars, tokens = 0, 0, 0
+    for d in held_out:  # whole documents in stored order up to val_max_tokens (600)
+        used, chars, tokens = used + 1, chars + len(d), tokens + len(d.encode())
+        if tokens >= 600:
+            break
+    chars += max(0, used - 4)  # a separator between two documents of one of the 4 evaluation streams
+    assert val["val_documents"] == used and val["val_characters"] == chars and val["val_tokens"] == tokens
+    assert first.shape == (4, 32) and int(first[0, 0]) == 256
+
+
+def test_megatron_binidx_data_trains_with_the_tokenizer_it_was_made_with(tmp_path, corpus_file):
+    """A GPT-NeoX style .bin/.idx (documents ending with their end-of-document token) trains directly."""
+    from spikegpt.train.token_data import write_binidx
+
+    docs = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
+    prefix = tmp_path / "corpus_text_document"
+    write_binidx(prefix, [list(d.encode()) + [256] for d in docs])  # byte ids, 256 = the byte tokenizer's eot
+    with pytest.raises(ValueError, match="holds token ids without their tokenizer"):
+        main(tiny_run(prefix, tmp_path / "x", tokenizer="bpe"))
+    final = main(tiny_run(f"{prefix}.bin", tmp_path / "run", max_steps=3))
+    assert final["step"] == 3 and final["val_loss"] is not None and math.isfinite(final["val_loss"])
+    val = read_metrics(tmp_path / "run" / "metrics.jsonl", "val")[-1]
+    assert val["val_characters"] >= val["val_tokens"] - val["val_documents"]  # decoded text, no "<|endoftext|>"

@@ -13,7 +13,10 @@ from spikegpt.kernels.surrogate import SURROGATES
 NO_CONTEXT_LIMIT = 2**63 - 1  # what max_position_embeddings reports: longer than any sequence
 
 # Settings of this run, not of the model: never written to config.json.
-RUNTIME_FIELDS = ("kernel_backend", "batch_invariant")
+RUNTIME_FIELDS = ("kernel_backend", "batch_invariant", "prefill_chunk_size")
+
+# Default tokens per chunk of a long no-grad forward (see ``SpikeGPTConfig``, ``prefill_chunk_size``).
+DEFAULT_PREFILL_CHUNK_SIZE = 1024
 
 
 def _is_int(v) -> bool:
@@ -52,11 +55,24 @@ class SpikeGPTConfig(PretrainedConfig):
         batch_invariant: compute every batch row as if it were alone, so that its outputs are bit-identical
             whatever else is in the batch and however it is padded (one forward per row; see
             ``docs/batch_invariance.md``). Off by default.
+        prefill_chunk_size: tokens per chunk of a long forward without autograd (``torch.no_grad()``,
+            ``generate()``'s prefill, evaluation): a longer input runs chunk after chunk, the state carried
+            across, so that its working memory stays flat at any length (with ``logits_to_keep=k`` only the
+            last k positions' logits are ever computed). Same logits and state as one call, to rounding.
+            0 or None: never chunk. Default :data:`DEFAULT_PREFILL_CHUNK_SIZE` (1024, the default
+            ``context_length``): inputs up to the training block length run as one call, exactly as without
+            chunking; 1024-token chunks are no slower per token than 2048-token chunks or one call (measured
+            on CPU); and a chunk's working memory is ~140 MB at the 216M shape in fp32, against ~330 MB for
+            2048-token chunks (``benchmarks/long_context.py``, ``docs/inference.md``). On a GPU a larger
+            value (e.g. 4096) may amortise kernel launches better. A forward that records gradients is never
+            chunked (chunking would save no memory there: autograd keeps every chunk's activations for the
+            backward).
 
-    ``kernel_backend`` and ``batch_invariant`` are choices of the machine and run, not of the model: they do
-    not change the math and are not saved. ``pad_token_id`` and ``eos_token_id`` default to None; recipes set
-    them from their tokenizer. ``generate()`` infers an attention mask from ``pad_token_id`` when none is
-    given, so a pad id that is also a real token would mask real tokens: pass ``attention_mask`` then.
+    ``kernel_backend``, ``batch_invariant`` and ``prefill_chunk_size`` are choices of the machine and run, not
+    of the model: they do not change the math (beyond rounding) and are not saved. ``pad_token_id`` and
+    ``eos_token_id`` default to None; recipes set them from their tokenizer. ``generate()`` infers an attention
+    mask from ``pad_token_id`` when none is given, so a pad id that is also a real token would mask real
+    tokens: pass ``attention_mask`` then.
 
     Raises:
         ValueError: naming the field, for a value of the wrong type or out of range (no coercion: the
@@ -85,6 +101,7 @@ class SpikeGPTConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         kernel_backend: str | None = None,
         batch_invariant: bool = False,
+        prefill_chunk_size: int | None = DEFAULT_PREFILL_CHUNK_SIZE,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
@@ -112,6 +129,7 @@ class SpikeGPTConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.kernel_backend = kernel_backend
         self.batch_invariant = batch_invariant
+        self.prefill_chunk_size = prefill_chunk_size
         self.use_cache = use_cache
         super().__init__(
             pad_token_id=pad_token_id,
@@ -158,6 +176,9 @@ class SpikeGPTConfig(PretrainedConfig):
             bad("v_reset", "a number (hard reset) or None (soft reset)")
         if self.surrogate not in SURROGATES:
             bad("surrogate", f"one of {sorted(SURROGATES)}")
+        v = self.prefill_chunk_size
+        if v is not None and (not _is_int(v) or v < 0):
+            bad("prefill_chunk_size", "None or an integer >= 0 (tokens per chunk; 0 or None: never chunk)")
         if self.kernel_backend is not None and self.kernel_backend not in BACKENDS:
             bad("kernel_backend", f"None (automatic) or one of {list(BACKENDS)}")
         for name in ("pad_token_id", "bos_token_id"):
@@ -170,8 +191,8 @@ class SpikeGPTConfig(PretrainedConfig):
             bad("eos_token_id", f"None, or a token id (or list of ids) in [0, {self.vocab_size})")
 
     def to_dict(self) -> dict:
-        """The serialisable fields; the run-time settings (``kernel_backend``, ``batch_invariant``) are left
-        out, so a model saved with ``kernel_backend="triton"`` on a GPU still loads and runs on a CPU."""
+        """The serialisable fields; the run-time settings (:data:`RUNTIME_FIELDS`) are left out, so a model saved
+        with ``kernel_backend="triton"`` on a GPU still loads and runs on a CPU."""
         out = super().to_dict()
         for name in RUNTIME_FIELDS:
             out.pop(name, None)

@@ -14,11 +14,25 @@ With ``config.spiking = False`` the embedding is used as is and the LIFs are ide
 The same code runs in parallel mode (a whole sequence, as in training) and in recurrent mode (pass
 ``state=`` and feed one token at a time); both give the same logits. ``attention_mask == 0`` marks
 padding, where every part of the state is held, so padded rows give what they give alone.
+
+Chunked prefill: a forward without autograd over T > ``prefill_chunk_size`` tokens (config field, or the
+``prefill_chunk_size=`` argument of ``forward`` and ``generate``; default 1024) runs the same stack on
+chunks ``[s, s + n)`` of that many tokens, each continuing the previous chunk's state; the outputs are put
+back together ((B, T, C) hidden states, (B, T or k, V) logits, the state after the last token). This is the
+recurrent mode with n tokens per step, so it equals one call (to rounding; 1e-9 in float64). With
+``logits_to_keep=k`` the head runs on the last k positions only and no earlier chunk's per-token output is
+kept: the working memory is that of one chunk, whatever T (``generate()``'s prefill). Forwards that record
+gradients are never chunked (training keeps the one parallel call).
+
+``generate(input_ids, state=S)`` continues S: the prompt ``input_ids`` is read starting from S, then one
+token per step, so it equals ``generate`` on the earlier text followed by the prompt.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -489,6 +503,40 @@ def validate_inputs(input_ids, inputs_embeds, config) -> tuple[int, int]:
     return B, T
 
 
+def prefill_chunk(config, requested, T: int) -> int:
+    """Tokens per chunk for a forward over T tokens, or 0 for one parallel call.
+
+    ``requested``: the ``prefill_chunk_size`` argument of the call (None: ``config.prefill_chunk_size``; 0: no
+    chunking). Chunks are used only when T exceeds the size, autograd is off (with gradients chunking saves
+    nothing and would slow training) and the call is not being compiled (a compiled graph would unroll one
+    copy of the model per chunk). ``ValueError`` for a ``requested`` that is not None or an integer >= 0.
+    """
+    if requested is not None and (not isinstance(requested, numbers.Integral) or isinstance(requested, bool)
+                                  or requested < 0):
+        raise ValueError(f"prefill_chunk_size must be None (the config's) or an integer >= 0 (0: never chunk), "
+                         f"got {requested!r}")
+    size = config.prefill_chunk_size if requested is None else requested
+    if not size or T <= size or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return 0
+    return int(size)
+
+
+def _sequence_length(input_ids, inputs_embeds) -> int:
+    """T of the inputs without checking them (0 when they are not tensors of rank >= 2)."""
+    x = input_ids if input_ids is not None else inputs_embeds
+    return x.shape[1] if isinstance(x, torch.Tensor) and x.dim() >= 2 else 0
+
+
+def _chunks(T: int, size: int):
+    """The slices ``[s, s + size)`` covering ``range(T)``."""
+    return [slice(s, min(s + size, T)) for s in range(0, T, size)]
+
+
+def _cols(x, part: slice):
+    """``x[:, part]``, or None for None."""
+    return None if x is None else x[:, part]
+
+
 def real_token_mask(attention_mask, B: int, T: int, has_state: bool) -> torch.Tensor | None:
     """The (B, T) bool mask of real tokens, or None when every token is real.
 
@@ -542,6 +590,7 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> SpikeGPTOutput | tuple:
         """Run the stack over a sequence, continuing ``state``.
@@ -554,12 +603,17 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
             state: a :class:`SpikeGPTState` for this batch, model dtype and device, to continue.
             use_cache: return the state after the last token (default ``config.use_cache``).
             output_hidden_states: also return the L + 1 hidden states (see :class:`SpikeGPTOutput`).
+            prefill_chunk_size: tokens per chunk for this call (None: ``config.prefill_chunk_size``; 0: one
+                call). Without autograd, T above it runs in chunks carrying the state (see the module
+                docstring); the outputs are the same, each (B, T, ...) output assembled from the chunks.
 
         Returns:
-            :class:`SpikeGPTOutput`: ``last_hidden_state`` (B, T, C), ``state``, ``hidden_states``.
+            :class:`SpikeGPTOutput`: ``last_hidden_state`` (B, T, C), ``state`` (after the last token; None
+            unless ``use_cache``), ``hidden_states`` (L + 1 tensors (B, T, C)).
 
         Raises:
-            ValueError: inputs, mask or state that do not fit (shape, dtype, device, vocabulary range).
+            ValueError: inputs, mask, state or ``prefill_chunk_size`` that do not fit (shape, dtype, device,
+                vocabulary range).
         """
         check_model_kwargs(kwargs)
         cfg = self.config
@@ -568,7 +622,8 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         return_dict = cfg.return_dict if return_dict is None else return_dict
         rows = self._rows_to_split(input_ids, inputs_embeds, attention_mask, state)
         if rows is not None:
-            out = self._rowwise(input_ids, inputs_embeds, rows, state, output_hidden_states=output_hidden_states)
+            out = self._rowwise(input_ids, inputs_embeds, rows, state, output_hidden_states=output_hidden_states,
+                                prefill_chunk_size=prefill_chunk_size)
         else:
             B, T = validate_inputs(input_ids, inputs_embeds, cfg)
             if state is not None:
@@ -576,7 +631,11 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
                     raise ValueError(f"state must be a SpikeGPTState, got {type(state).__name__}")
                 state.validate(cfg, B, dtype=self.emb.weight.dtype, device=self.emb.weight.device)
             mask = real_token_mask(attention_mask, B, T, state is not None)
-            out = self._stack(input_ids, inputs_embeds, mask, state, output_hidden_states)
+            chunk = prefill_chunk(cfg, prefill_chunk_size, T)
+            if chunk:
+                out = self._stack_chunked(input_ids, inputs_embeds, mask, state, output_hidden_states, chunk)
+            else:
+                out = self._stack(input_ids, inputs_embeds, mask, state, output_hidden_states)
         if not use_cache:
             out = _replace(out, state=None)
         return out if return_dict else out.to_tuple()
@@ -597,6 +656,26 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
                 all_hidden += (x,)
         return SpikeGPTOutput(last_hidden_state=self.ln_out(x), state=SpikeGPTState.stack(new_layers),
                               hidden_states=all_hidden)
+
+    def _stack_chunked(self, input_ids, inputs_embeds, mask, state, output_hidden_states, chunk) -> SpikeGPTOutput:
+        """:meth:`_stack` on chunks of ``chunk`` tokens, each continuing the state of the one before; the (B, T, C)
+        outputs are written into place chunk by chunk (no list of chunks is concatenated)."""
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        last = hidden = None
+        for part in _chunks(T, chunk):
+            out = self._stack(_cols(input_ids, part), _cols(inputs_embeds, part), _cols(mask, part), state,
+                              output_hidden_states)
+            state = out.state
+            if last is None:
+                h = out.last_hidden_state
+                last = h.new_empty(B, T, h.shape[2])
+                if output_hidden_states:
+                    hidden = tuple(x.new_empty(B, T, x.shape[2]) for x in out.hidden_states)
+            last[:, part] = out.last_hidden_state
+            if output_hidden_states:
+                for whole, piece in zip(hidden, out.hidden_states):
+                    whole[:, part] = piece
+        return SpikeGPTOutput(last_hidden_state=last, state=state, hidden_states=hidden)
 
 
 class L2Wrap(torch.autograd.Function):
@@ -706,6 +785,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> SpikeGPTCausalLMOutput | tuple:
         """The stack (see :meth:`SpikeGPTModel.forward` for the inputs, mask and state) and the head.
@@ -713,10 +793,16 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         Args:
             labels: (B, T) targets, shifted inside; or ``shift_labels`` (B, T), already shifted. -100 is
                 ignored. ``num_items_in_batch``: divide the summed loss by it instead of averaging.
-            logits_to_keep: k > 0 computes the logits of the last k positions only (generation).
+            logits_to_keep: k > 0 computes the logits of the last k positions only (generation); ignored
+                with labels (the loss needs every position).
+            prefill_chunk_size: as for :meth:`SpikeGPTModel.forward`. Chunked, the head runs chunk by chunk on
+                the positions whose logits are returned, so with ``logits_to_keep=k`` the memory is one chunk's
+                whatever T; the loss is computed over the whole sequence from the assembled logits (the label
+                shift crosses chunk boundaries), equal to the unchunked loss.
 
         Returns:
-            :class:`SpikeGPTCausalLMOutput`: ``loss``, ``logits`` (B, T or k, V), ``state``, ``hidden_states``.
+            :class:`SpikeGPTCausalLMOutput`: ``loss``, ``logits`` (B, T or min(k, T), V), ``state``,
+            ``hidden_states``.
         """
         check_model_kwargs(kwargs)
         cfg = self.config
@@ -726,10 +812,14 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         rows = self._rows_to_split(input_ids, inputs_embeds, attention_mask, state)
         if rows is not None:
             out = self._rowwise(input_ids, inputs_embeds, rows, state, logits_to_keep=keep,
-                                output_hidden_states=output_hidden_states)
+                                output_hidden_states=output_hidden_states, prefill_chunk_size=prefill_chunk_size)
+        elif chunk := prefill_chunk(cfg, prefill_chunk_size, _sequence_length(input_ids, inputs_embeds)):
+            out = self._forward_chunked(input_ids, inputs_embeds, attention_mask, state, output_hidden_states, keep,
+                                        chunk)
         else:
             base = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                              state=state, use_cache=True, output_hidden_states=output_hidden_states, return_dict=True)
+                              state=state, use_cache=True, output_hidden_states=output_hidden_states, return_dict=True,
+                              prefill_chunk_size=0)
             h = base.last_hidden_state
             out = SpikeGPTCausalLMOutput(logits=self.head(h[:, -keep:] if keep else h), state=base.state,
                                          hidden_states=base.hidden_states)
@@ -740,30 +830,64 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         out = _replace(out, loss=loss, state=out.state if use_cache else None)
         return out if return_dict else out.to_tuple()
 
+    def _forward_chunked(self, input_ids, inputs_embeds, attention_mask, state, output_hidden_states, keep, chunk):
+        """The stack and the head, ``chunk`` tokens at a time, each chunk continuing the state of the one before.
+
+        Only the logits of positions ``>= T - keep`` (all when ``keep`` is 0) are computed, chunk by chunk, into
+        one (B, T or keep, V) tensor; the per-token hidden states of a chunk are dropped after it unless
+        ``output_hidden_states``. Each chunk is a call of ``self.model`` (its hooks run once per chunk).
+        """
+        cfg = self.config
+        B, T = validate_inputs(input_ids, inputs_embeds, cfg)
+        mask = real_token_mask(attention_mask, B, T, state is not None)
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        start = max(T - keep, 0) if keep else 0  # the first position whose logits are returned
+        logits = hidden = None
+        for part in _chunks(T, chunk):
+            base = self.model(input_ids=_cols(input_ids, part), inputs_embeds=_cols(inputs_embeds, part),
+                              attention_mask=_cols(mask, part), state=state, use_cache=True,
+                              output_hidden_states=output_hidden_states, return_dict=True, prefill_chunk_size=0)
+            state = base.state
+            if output_hidden_states:
+                if hidden is None:
+                    hidden = tuple(x.new_empty(B, T, x.shape[2]) for x in base.hidden_states)
+                for whole, piece in zip(hidden, base.hidden_states):
+                    whole[:, part] = piece
+            if part.stop > start:
+                lo = max(part.start, start)
+                lg = self.head(base.last_hidden_state[:, lo - part.start:])
+                if logits is None:
+                    logits = lg.new_empty(B, T - start, lg.shape[2])
+                logits[:, lo - start : part.stop - start] = lg
+        return SpikeGPTCausalLMOutput(logits=logits, state=state, hidden_states=hidden)
+
     # --- generation: prefill in parallel mode, then one token per step from the carried state ---
 
     def prepare_inputs_for_generation(
         self, input_ids, state=None, attention_mask=None, use_cache=None, inputs_embeds=None, **kwargs
     ):
-        """The inputs of the next forward: the whole prompt first (``inputs_embeds`` when given), then only
-        the newest token with the carried ``state``. Other model kwargs (``output_hidden_states``, ...) pass
-        through; Hugging Face's positional bookkeeping (``cache_position``, ...) is dropped."""
-        first = state is None and (input_ids is None or input_ids.shape[1] == 0 or kwargs.get("is_first_iteration"))
+        """The inputs of the next forward.
+
+        First (transformers' ``is_first_iteration``) the whole prompt (``inputs_embeds`` when given), continuing
+        ``state`` when ``generate(..., state=S)`` was given one (S: (L, B, C) fields for the B prompt rows, or for
+        each of them before beams / return sequences expand them), from an empty state otherwise; then only the
+        newest token with the carried state. Without a cache (``use_cache=False``) every step reads the whole
+        text again, from S when given. ``output_hidden_states``, ``return_dict`` and ``prefill_chunk_size``
+        pass through; Hugging Face's positional bookkeeping (``cache_position``, ...) is dropped."""
+        first = bool(kwargs.get("is_first_iteration")) or input_ids is None or input_ids.shape[1] == 0
         if inputs_embeds is not None and not first and use_cache is False:
             raise ValueError("generate(inputs_embeds=..., use_cache=False) cannot continue a prompt given as "
                              "embeddings; leave use_cache on")
-        if use_cache is not False and state is not None:
+        if not first and use_cache is not False and state is not None:
             input_ids = input_ids[:, -1:]
             if attention_mask is not None:
                 attention_mask = attention_mask[:, -1:]
-        else:
-            state = None
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "state": state, "use_cache": use_cache,
                   "logits_to_keep": 1}
         if inputs_embeds is not None and first:
             inputs["input_ids"] = None
             inputs["inputs_embeds"] = inputs_embeds
-        for key in ("output_hidden_states", "return_dict"):
+        for key in ("output_hidden_states", "return_dict", "prefill_chunk_size"):
             if key in kwargs:
                 inputs[key] = kwargs[key]
         return inputs
@@ -772,8 +896,34 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         model_kwargs = super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, **kwargs
         )
-        model_kwargs["state"] = getattr(outputs, "state", None)
+        if model_kwargs.get("use_cache") is not False:
+            model_kwargs["state"] = getattr(outputs, "state", None)
+        # else: each step re-reads the whole text from the state generate() was given (or none), kept as is
         return model_kwargs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """transformers' expansion for beams / ``num_return_sequences`` (row b becomes rows b * n .. b * n + n - 1),
+        applied to a ``state`` given to ``generate`` too (transformers expands only tensors)."""
+        given = "state" in model_kwargs
+        state = model_kwargs.pop("state", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if given:
+            model_kwargs["state"] = state.repeat_interleave(expand_size) if isinstance(
+                state, SpikeGPTState) and expand_size > 1 else state
+        return input_ids, model_kwargs
+
+    def _prefill(self, input_ids, generation_config, model_kwargs, *args, **kwargs):
+        """transformers' prefill, with ``generate(prefill_chunk_size=n)`` (a generation-config field) handed to
+        this model's own chunking (``forward(prefill_chunk_size=n)``) instead of transformers' chunked prefill,
+        which needs a KV cache."""
+        chunk = getattr(generation_config, "prefill_chunk_size", None)
+        if chunk is not None:
+            generation_config = copy.copy(generation_config)
+            generation_config.prefill_chunk_size = None
+            model_kwargs = {**model_kwargs, "prefill_chunk_size": chunk}
+        return super()._prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
 
     def _reorder_cache(self, state, beam_idx):
         return None if state is None else state.index_select(beam_idx)

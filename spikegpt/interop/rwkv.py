@@ -333,7 +333,7 @@ def branch_outputs(model: SpikeGPTForCausalLM, batches: Iterable[torch.Tensor]) 
     try:
         with record_spikes(model, keep="inputs", sites=sites) as rec:
             for ids in batches:
-                model(input_ids=ids.to(model.device), use_cache=False)
+                model(input_ids=ids.to(model.device), use_cache=False, prefill_chunk_size=0)  # one tensor per site
                 n += 1
     finally:
         model.train(was_training)

@@ -2,6 +2,8 @@
 
     spikegpt generate MODEL "Once upon a time" --max-new-tokens 100 --temperature 0.8 --top-p 0.95
     echo "Once upon a time" | spikegpt generate MODEL --greedy
+    spikegpt generate MODEL "Chapter 1." --state-out story.safetensors     (then continue it:)
+    spikegpt generate MODEL " Chapter 2." --state-in story.safetensors --state-out story.safetensors --overwrite
     spikegpt convert SpikeGPT-216M.pth spikegpt-216m --tokenizer EleutherAI/gpt-neox-20b
     spikegpt convert --from rwkv RWKV-4-Pile-169M.pth rwkv4-169m --tokenizer EleutherAI/gpt-neox-20b
     spikegpt energy MODEL --text corpus.txt --json energy.json
@@ -32,6 +34,7 @@ PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evalu
                "prepare": "spikegpt.train.prepare"}
 TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_SCHEMES = ("bf16", "int8", "int4")
 
 
 class CLIError(Exception):
@@ -187,6 +190,174 @@ def _repetition_penalty(s: str) -> float:
 # ------------------------------------------------------------------------------------------------ commands
 
 
+def _check_state_paths(a: argparse.Namespace):
+    """Fail fast, before the model loads: the --state-in file's metadata (returned), a --state-out that can be
+    written."""
+    from spikegpt.state import SpikeGPTState
+
+    info = None
+    if a.state_in is not None:
+        try:
+            info = SpikeGPTState.read_info(a.state_in)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(f"--state-in: {e}") from None
+        if info.batch_size != 1:
+            raise CLIError(f"--state-in {a.state_in} holds {info.batch_size} rows; generate continues one")
+    if a.state_out is not None:
+        out = Path(a.state_out).expanduser()
+        if out.is_dir():
+            raise CLIError(f"--state-out {a.state_out} is a directory (give a file name)")
+        if not out.parent.is_dir():
+            raise CLIError(f"--state-out {a.state_out}: directory {out.parent} does not exist")
+        if out.exists() and not a.overwrite:
+            raise CLIError(f"--state-out {a.state_out} exists (pass --overwrite to replace it)")
+    return info
+
+
+def _quantize(model, scheme: str):
+    """``spikegpt.interop.quantization.quantize(model, scheme)``, imported only when asked for."""
+    try:
+        from spikegpt.interop.quantization import quantize
+    except ImportError as e:
+        raise CLIError(f"--quantize {scheme} needs spikegpt.interop.quantization and torchao "
+                       f"(pip install 'spikegpt[deploy]'): {e}") from e
+    try:
+        return quantize(model, scheme)
+    except ImportError as e:
+        raise CLIError(f"--quantize {scheme} needs torchao (pip install 'spikegpt[deploy]'): {e}") from e
+    except ValueError as e:  # a scheme this device or model cannot take
+        raise CLIError(f"--quantize {scheme}: {e}") from e
+
+
+def _load_state_in(a: argparse.Namespace, info, model):
+    """The --state-in state for ``model`` (its config and dtype checked), on the model's device."""
+    from spikegpt.state import SpikeGPTState
+
+    dtype = model.get_input_embeddings().weight.dtype
+    if info.dtype != dtype:
+        how = f" (--quantize {a.quantize})" if a.quantize else ""
+        raise CLIError(
+            f"--state-in {a.state_in} was made by a {str(info.dtype).removeprefix('torch.')} model but this one runs "
+            f"in {str(dtype).removeprefix('torch.')}{how}: a state continues only the dtype that made it "
+            f"(pass --dtype {str(info.dtype).removeprefix('torch.')})"
+        )
+    try:
+        state = SpikeGPTState.load(a.state_in, config=model.config, dtype=dtype, device=model.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(f"--state-in: {e}") from None
+    made_with = info.extra.get("quantize", "none")
+    weights = {"none": "none", "bf16": "none"}  # bf16 is the bf16 model, which the dtype check has matched
+    if weights.get(made_with, made_with) != weights.get(a.quantize or "none", a.quantize):
+        logger.warning("--state-in %s was made with --quantize %s, this run uses %s: the continuation is close to, "
+                       "not the same as, one run of the whole text", a.state_in, made_with, a.quantize or "none")
+    return state
+
+
+class _StateRecorder:
+    """Keeps the states of the model's last two forwards, with how many tokens all its forwards have consumed by
+    then, so that the state after exactly the generated text can be rebuilt (see :meth:`state_after`). Only
+    outermost calls count (a forward that calls the model again inside, row by row, is one call)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.consumed = 0
+        self.depth = 0
+        self.records: list[tuple[int, Any]] = []
+
+    def __enter__(self):
+        self.handles = [self.model.register_forward_pre_hook(self._enter),
+                        self.model.register_forward_hook(self._hook, with_kwargs=True, always_call=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+    def _enter(self, module, args):
+        self.depth += 1
+
+    def _hook(self, module, args, kwargs, out):
+        self.depth -= 1
+        if self.depth:
+            return
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs["inputs_embeds"]
+        self.consumed += x.shape[1]
+        self.records = [*self.records[-1:], (self.consumed, getattr(out, "state", None))]
+
+    def state_after(self, ids, start_state):
+        """The state after ``ids`` (1, n), all the tokens since ``start_state``: the last recorded state that
+        covers no more than them, continued over the rest (generation samples its last token without running it;
+        a deferred stop check may run one step too many)."""
+        done, state = 0, start_state
+        for count, st in self.records:
+            if count <= ids.shape[1] and st is not None:
+                done, state = count, st
+        if done < ids.shape[1]:
+            state = self.model(input_ids=ids[:, done:], state=state, use_cache=True).state
+        return state
+
+
+class _Progress:
+    """A generate() streamer: passes the tokens on to ``inner`` (the text streamer, or None), ticks a tqdm bar
+    over the generated tokens, and times the prefill and the decoding."""
+
+    def __init__(self, inner, total: int, show: bool):
+        import time
+
+        from tqdm.auto import tqdm
+
+        self.clock = time.perf_counter
+        self.inner = inner
+        self.bar = tqdm(total=total, unit="tok", desc="generating", file=sys.stderr, disable=not show, leave=False,
+                        dynamic_ncols=True)
+        self.prompt_seen = False
+        self.start = self.first = self.end_time = None
+        self.generated = 0
+
+    def begin(self):
+        self.start = self.clock()
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate() passes the prompt first
+            self.prompt_seen = True
+            if self.start is None:
+                self.begin()
+        else:
+            if self.first is None:
+                self.first = self.clock()
+            n = value.numel()
+            self.generated += n
+            self.bar.update(n)
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self):
+        self.end_time = self.clock()
+        self.bar.close()
+        if self.inner is not None:
+            self.inner.end()
+
+    def summary(self, prompt_tokens: int) -> str:
+        """``generated N tokens in S s (T tok/s; prefill P tok/s)``: S from the start of the prefill to the last
+        token; T over the decoding steps after the first token; P the prompt's tokens over the time to the first
+        token."""
+        end = self.end_time if self.end_time is not None else self.clock()
+        first = self.first if self.first is not None else end
+        total, n = end - self.start, self.generated
+        decode = (n - 1) / (end - first) if n > 1 and end > first else (n / total if total > 0 else math.inf)
+        prefill = prompt_tokens / (first - self.start) if first > self.start else math.inf
+        return f"generated {n} tokens in {total:.2f} s ({decode:.1f} tok/s; prefill {prefill:.1f} tok/s)"
+
+
+def _show_progress(a: argparse.Namespace) -> bool:
+    """A progress bar only on a terminal, and not where it would cut into text streamed to the same terminal."""
+    if a.quiet or not sys.stderr.isatty():
+        return False
+    return a.no_stream or not sys.stdout.isatty()
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     import torch
     from transformers import TextStreamer
@@ -198,14 +369,22 @@ def cmd_generate(a: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt:
         raise CLIError("the prompt is empty")
-    model, path = _load_model(a.model, a.device, a.dtype, a.trust_remote_code)
+    info = _check_state_paths(a)
+    dtype = a.dtype
+    if info is not None and dtype == "auto":
+        dtype = str(info.dtype).removeprefix("torch.")  # the state's dtype
+    model, path = _load_model(a.model, a.device, dtype, a.trust_remote_code)
+    if a.quantize:
+        model = _quantize(model, a.quantize)
     tok = _load_tokenizer(a.tokenizer or path, defaulted=a.tokenizer is None)
+    state = _load_state_in(a, info, model) if info is not None else None
     if a.seed is not None:
         torch.manual_seed(a.seed)
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
     if enc["input_ids"].shape[1] == 0:
         raise CLIError("the prompt is empty after tokenization")
     enc = {k: v.to(model.device) for k, v in enc.items()}
+    prompt_len = enc["input_ids"].shape[1]
     sample = not a.greedy and a.temperature > 0
     kwargs: dict[str, Any] = dict(
         max_new_tokens=a.max_new_tokens, do_sample=sample, repetition_penalty=a.repetition_penalty,
@@ -213,12 +392,28 @@ def cmd_generate(a: argparse.Namespace) -> int:
     )
     if sample:
         kwargs.update(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
-    streamer = None if a.no_stream else TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    text_streamer = None if a.no_stream else TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    progress = _Progress(text_streamer, a.max_new_tokens, _show_progress(a))
+    recorder = _StateRecorder(model)
     with torch.no_grad():
-        out = model.generate(**enc, streamer=streamer, **kwargs)
+        with recorder:
+            progress.begin()
+            out = model.generate(**enc, state=state, streamer=progress, **kwargs)  # the prompt from state
+        final = recorder.state_after(out, state) if a.state_out is not None else None
     if a.no_stream:
-        text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tok.decode(out[0, prompt_len:], skip_special_tokens=True)
         print(text, flush=True)
+    sys.stdout.flush()
+    if final is not None:
+        before = 0 if info is None else info.tokens
+        tokens = before + out.shape[1] if isinstance(before, int) else None
+        try:
+            final.save(Path(a.state_out).expanduser(), config=model.config, tokens=tokens, overwrite=a.overwrite,
+                       metadata={"quantize": a.quantize or "none"})
+        except (FileExistsError, FileNotFoundError, IsADirectoryError) as e:
+            raise CLIError(f"--state-out: {e}") from None
+    if not a.quiet:
+        print(progress.summary(prompt_len), file=sys.stderr, flush=True)
     return 0
 
 
@@ -366,6 +561,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=_repetition_penalty, default=1.0, help="> 0 (1: none)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
+    p.add_argument("--state-in", metavar="PATH",
+                   help="continue from a saved state: the prompt is read after the text the state covers (the "
+                        "model must be the one that made it; --dtype auto takes the state's dtype)")
+    p.add_argument("--state-out", metavar="PATH",
+                   help="save the state after the prompt and the generated text (safetensors, with the token count)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --state-out file")
+    p.add_argument("--quantize", choices=QUANTIZE_SCHEMES, default=None,
+                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]')")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no speed line on stderr (the bar shows only on a terminal, and not "
+                        "while text streams to that terminal)")
     p.set_defaults(func=cmd_generate)
 
     sub.add_parser("train", add_help=False, help="pretrain from a YAML recipe (spikegpt.train.pretrain; see "

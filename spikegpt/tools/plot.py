@@ -58,7 +58,8 @@ def record_spikes(model, input_ids: torch.Tensor | Sequence[int]) -> dict[str, t
     model.eval()
     try:
         with SpikeRecorder(model, keep="outputs", sites=lifs) as rec:
-            base(ids.to(next(model.parameters()).device), use_cache=False)
+            # one call (no chunks), so one recorded tensor per site
+            base(ids.to(next(model.parameters()).device), use_cache=False, prefill_chunk_size=0)
     finally:
         model.train(was_training)
     return {name: rec.stacked(name)[0].float().cpu() for name in lifs}  # (T, C) of the one sequence

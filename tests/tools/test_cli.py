@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, run
 from interop_helpers import random_original_checkpoint, tiny_model
 from reference_model import reference_logits
 from transformers import AutoTokenizer
@@ -37,23 +38,6 @@ def model_dir(tmp_path_factory, tok_dir):
     tiny_model(vocab_size=len(tok), context_length=32, eos_token_id=tok.eos_token_id).save_pretrained(d)
     tok.save_pretrained(d)
     return d
-
-
-def run(capsys, *argv):
-    capsys.readouterr()  # drop what earlier steps printed
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    """Exit status 1 and one error line at the end of stderr (progress bars of loading may come before it)."""
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert lines[-1].startswith("spikegpt: error: ") and "Traceback" not in err, err
-    assert sum("error" in line.lower() for line in lines) == 1, err
-    for n in needles:
-        assert n in lines[-1], lines[-1]
 
 
 # ----------------------------------------------------------------------------------------------------- help

@@ -1,0 +1,315 @@
+"""Quantised inference: bf16, int8 and int4 weights for a SpikeGPT model, through torchao.
+
+    >>> from spikegpt.interop.quantization import quantize
+    >>> model = quantize(SpikeGPTForCausalLM.from_pretrained("runs/tiny"), "int8")   # doctest: +SKIP
+    >>> model.generate(ids, max_new_tokens=32)                                         # doctest: +SKIP
+
+Schemes (each applied in place to an fp32 model; ``compute_dtype`` is bf16 unless asked otherwise):
+
+- ``"bf16"``: every parameter and activation in bf16 (``model.to(torch.bfloat16)``); no torchao needed. A
+  single-row input runs ``torch.mv``, ~1.5x faster on a CPU than the matmul ``F.linear`` picks for it.
+- ``"int8"``: the block Linear layers and the head hold int8 weights with one scale per output channel
+  (symmetric; torchao ``Int8WeightOnlyConfig(granularity=PerRow())``); their matmul runs in bf16, on a CPU
+  through aten's fused dequantise-matmul kernel ``_weight_int8pack_mm`` (fp32 accumulation).
+- ``"int4"``: the block Linear layers hold int4 weights in groups of ``group_size`` inputs (default: the
+  largest of 128, 64, 32 that divides the layer widths), asymmetric
+  (torchao ``PrototypeInt4WeightOnlyConfig``: ``Int4OpaqueTensor``, aten's ``_weight_int4pack_mm_for_cpu``;
+  CPU only); the head is int8 per channel as above (more sensitive, and its vocabulary rows need not be a
+  multiple of 16 as the int4 CPU kernel requires).
+
+What stays: the embedding is never quantised (one row is read per token, so it costs no time, and the
+spiking model thresholds it, ``H(E[idx])``, where rounding would flip spikes); the LayerNorms, the WKV, the
+LIF neurons and the residual stream run in the model's dtype. The recurrent state: the WKV accumulators and
+the membranes are fp32 in every scheme (see :mod:`spikegpt.state`); the token-shift fields follow the model
+dtype, so they are fp32 for int8/int4 (an fp32 model whose Linear layers alone compute in bf16) and bf16 for
+"bf16" (whose activations are bf16 throughout, so the shift field holds exactly the bf16 value the next step
+mixes; nothing would be gained by keeping it wider).
+
+Why the matmul of int8/int4 runs in bf16 by default (``compute_dtype=torch.bfloat16``): on a CPU, the fused
+weight-only kernels (``aten._weight_int8pack_mm``, ``aten._weight_int4pack_mm_for_cpu``) are vectorised for
+bf16 activations and read one byte (half a byte) per weight: ~3-4x faster than an fp32 matmul at batch 1
+(measured at the 216M shape's layer sizes, weights streamed from memory). With fp32 activations the int8 one
+is 2-4x slower than an fp32 matmul, and torchao's generic int8 path converts the whole weight to fp32 at every
+call (also slower than fp32). Each quantised Linear casts its input to bf16 and its output back, with fp32
+accumulation inside. ``compute_dtype=None`` keeps the model's dtype (torchao's own kernels: exact weight-only
+quantisation, slower on a CPU).
+
+A model saved with ``save_pretrained`` also loads quantised through Hugging Face's own torchao integration,
+``from_pretrained(path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))`` (transformers leaves
+the head unquantised there); :func:`torchao_config` builds that config for a scheme, and
+:func:`use_fused_kernels` switches such a model to the fast CPU path.
+
+Needs torchao for int8/int4 (``pip install 'spikegpt[deploy]'``), imported only inside the functions here;
+this module is not imported by ``import spikegpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCHEMES", "QuantizedLinear", "quantization_scheme", "quantize", "torchao_config", "use_fused_kernels"]
+
+SCHEMES = ("bf16", "int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128)  # what torchao's CPU int4 tensor accepts
+_MARK = "_spikegpt_quantization"  # attribute set on a quantised model: its scheme
+_DEVICES = {"bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",)}  # None: any device
+_FUSED_INT8_K = 16  # aten._weight_int8pack_mm on CPU needs in_features % 16 == 0 (else wrong values or a crash)
+
+
+def _torchao():
+    """The torchao names used here, or ImportError naming the pip extra."""
+    try:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+        from torchao.quantization import Int8WeightOnlyConfig, PerRow, quantize_
+        from torchao.utils import TorchAOBaseTensor
+    except ImportError as e:
+        raise ImportError(
+            f"int8/int4 quantisation needs torchao >= 0.18 (pip install 'spikegpt[deploy]'): {e}"
+        ) from e
+    return PrototypeInt4WeightOnlyConfig, Int8WeightOnlyConfig, PerRow, quantize_, TorchAOBaseTensor
+
+
+def _is_torchao_tensor(t: Any) -> bool:
+    try:
+        from torchao.utils import TorchAOBaseTensor
+    except ImportError:
+        return False
+    return isinstance(t, TorchAOBaseTensor)
+
+
+class QuantizedLinear(nn.Linear):
+    """An ``nn.Linear`` of a quantised model (a torchao weight, or a plain bf16 one), computing in ``compute_dtype``.
+
+    Not built directly: :func:`quantize` and :func:`use_fused_kernels` turn a quantised ``nn.Linear`` into
+    one (same parameters and state-dict keys, ``isinstance(m, nn.Linear)`` still holds). The input is cast to
+    ``compute_dtype`` (None: left as is) and the output back to the input's dtype. An int8 per-channel weight on
+    a CPU with bf16 compute runs ``aten._weight_int8pack_mm`` (fused dequantise-matmul, fp32 accumulation);
+    a plain bf16 weight and a single input row on a CPU run ``torch.mv``; everything else ``F.linear``
+    (torchao's own kernels for a torchao weight).
+    """
+
+    compute_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xc = x if self.compute_dtype is None else x.to(self.compute_dtype)
+        scale = self._buffers.get("fused_int8_scale")
+        if scale is not None and x.device.type == "cpu" and scale.dtype == xc.dtype:
+            lead = xc.shape[:-1]
+            y = torch.ops.aten._weight_int8pack_mm(xc.reshape(-1, self.in_features).contiguous(),
+                                                   self.weight.qdata, scale)
+            y = y.reshape(*lead, self.out_features)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
+        elif xc.numel() == self.in_features and xc.device.type == "cpu" and type(self.weight) is nn.Parameter \
+                and xc.dtype == torch.bfloat16 and self.weight.dtype == xc.dtype:
+            # one row of bf16: the matrix-vector kernel is ~1.5x faster than the matmul F.linear picks on a CPU
+            y = torch.mv(self.weight, xc.reshape(-1)).reshape(*xc.shape[:-1], self.out_features)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(xc, self.weight, None if self.bias is None else self.bias.to(xc.dtype))
+        return y.to(dtype)
+
+
+def _fused_int8_scale(module: nn.Linear, compute_dtype: torch.dtype | None) -> torch.Tensor | None:
+    """The (N,) scales in ``compute_dtype`` when ``module`` can run ``aten._weight_int8pack_mm``, else None."""
+    w = module.weight
+    if compute_dtype != torch.bfloat16 or w.device.type != "cpu":
+        return None  # (its fp16 and fp32 paths are slower than an fp32 matmul: torchao's own path then)
+    qdata, scale = getattr(w, "qdata", None), getattr(w, "scale", None)
+    if not isinstance(qdata, torch.Tensor) or qdata.dtype != torch.int8 or qdata.dim() != 2:
+        return None
+    if not isinstance(scale, torch.Tensor) or scale.numel() != qdata.shape[0]:
+        return None  # per-tensor or per-group scales: torchao's own path
+    if list(getattr(w, "block_size", [1, qdata.shape[1]])) != [1, qdata.shape[1]]:
+        return None
+    if getattr(w, "act_quant_kwargs", None) is not None or getattr(w, "act_pre_scale", None) is not None:
+        return None  # dynamic activation quantisation or AWQ-style pre-scaling: not weight-only
+    if qdata.shape[1] % _FUSED_INT8_K or not qdata.is_contiguous():
+        return None
+    return scale.detach().reshape(-1).to(compute_dtype).contiguous()
+
+
+def _to_quantized_linear(module: nn.Linear, compute_dtype: torch.dtype | None) -> None:
+    """Turn ``module`` (its weight already a torchao tensor) into a :class:`QuantizedLinear`, in place."""
+    if type(module) is nn.Linear:
+        module.__class__ = QuantizedLinear  # same parameters, hooks and attributes; a new forward
+    if not isinstance(module, QuantizedLinear):
+        return  # a Linear subclass of someone else's: left on torchao's own path
+    module.compute_dtype = compute_dtype
+    module.register_buffer("fused_int8_scale", _fused_int8_scale(module, compute_dtype), persistent=False)
+
+
+def use_fused_kernels(model: nn.Module, compute_dtype: torch.dtype | None = torch.bfloat16) -> nn.Module:
+    """Make every ``nn.Linear`` of ``model`` whose weight is a torchao tensor compute in ``compute_dtype``
+    (casting input and output), with aten's fused int8 kernel on a CPU where it applies (see
+    :class:`QuantizedLinear`). For a model loaded with ``quantization_config=TorchAoConfig(...)``, whose
+    Linear layers otherwise run torchao's generic kernels in the model's dtype. An int4 weight keeps the dtype
+    it was packed for (its scales), whatever ``compute_dtype`` says. Returns ``model`` (changed in place)."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and _is_torchao_tensor(module.weight):
+            cd = compute_dtype
+            packed = getattr(module.weight, "scale_and_zero", None)  # int4: computes in its scales' dtype
+            if isinstance(packed, torch.Tensor):
+                cd = packed.dtype
+            _to_quantized_linear(module, cd)
+            n += 1
+    if n == 0:
+        logger.warning("use_fused_kernels: no Linear layer with a torchao weight in this model")
+    return model
+
+
+def quantization_scheme(model: nn.Module) -> str | None:
+    """The scheme :func:`quantize` applied to ``model`` ("bf16", "int8", "int4"), or None."""
+    return getattr(model, _MARK, None)
+
+
+def _named_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    ref = emb.weight if emb is not None else next(model.parameters())
+    return ref.device, ref.dtype
+
+
+def _group_size_for(name: str, module: nn.Linear, group_size: int) -> int:
+    if module.in_features % group_size:
+        raise ValueError(
+            f"int4 needs in_features divisible by the group size {group_size}; {name} has {module.in_features} "
+            f"(pass group_size= one of {INT4_GROUP_SIZES} that divides it, or use 'int8')"
+        )
+    if module.out_features % 16:
+        raise ValueError(f"int4 on a CPU needs out_features divisible by 16; {name} has {module.out_features} "
+                         "(use 'int8')")
+    return group_size
+
+
+def quantize(
+    model: nn.Module,
+    scheme: str,
+    *,
+    quantize_head: bool = True,
+    group_size: int | None = None,
+    compute_dtype: torch.dtype | None = torch.bfloat16,
+) -> nn.Module:
+    """Quantise a SpikeGPT model for inference, in place, and return it (see the module docstring).
+
+    Args:
+        model: a :class:`~spikegpt.SpikeGPTForCausalLM` (or :class:`~spikegpt.SpikeGPTModel`, or any module
+            with ``nn.Linear`` layers), fp32 or bf16, not yet quantised. It is put in eval mode.
+        scheme: "bf16" (all weights and activations bf16; no torchao needed), "int8" (int8 weights, one
+            scale per output channel) or "int4" (int4 weights in groups of ``group_size`` inputs; the head int8).
+        quantize_head: also quantise the head (``Linear(C -> V)``, 22% of the weights at the 216M shape and
+            most of them in small models); False keeps it in the model's dtype. Ignored for "bf16".
+        group_size: int4 group size, one of 32, 64, 128; must divide every block Linear's in_features. None
+            (default): the largest of them that does (128 for the released shapes).
+        compute_dtype: the dtype the int8/int4 Linear layers compute in (input cast in, output cast back);
+            None: the model's dtype (torchao's kernels as they are). Ignored for "bf16".
+
+    Returns:
+        ``model``, with :func:`quantization_scheme` giving ``scheme``.
+
+    Raises:
+        ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4
+            is CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for int8/int4, an int4 group size that
+            does not fit.
+        ImportError: int8/int4 without torchao (``pip install 'spikegpt[deploy]'``).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantisation scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    done = quantization_scheme(model)
+    if done is not None or any(_is_torchao_tensor(m.weight) for _, m in _named_linears(model)):
+        raise ValueError(f"this model is already quantised ({done or 'torchao weights'}); quantise the original "
+                         "model once")
+    device, dtype = _model_device_dtype(model)
+    allowed = _DEVICES[scheme]
+    if device.type == "meta":
+        raise ValueError("cannot quantise a model on the meta device (load its weights first)")
+    if allowed is not None and device.type not in allowed:
+        raise ValueError(f"scheme {scheme!r} is not supported on device {device.type!r} (it runs on "
+                         f"{' and '.join(allowed)}); use 'bf16'" + (" or 'int8'" if scheme == "int4" else ""))
+    model.eval()
+    if scheme == "bf16":
+        model.to(torch.bfloat16)
+        for _, m in _named_linears(model):
+            _to_quantized_linear(m, None)  # plain bf16 weights; a single row runs the matrix-vector kernel
+        setattr(model, _MARK, scheme)
+        return model
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"{scheme} quantises an fp32 or bf16 model; this one is {dtype}")
+    if compute_dtype is not None and not compute_dtype.is_floating_point:
+        raise ValueError(f"compute_dtype must be a floating-point dtype or None, got {compute_dtype}")
+    if scheme == "int4" and group_size is None:
+        widths = {m.in_features for _, m in _named_linears(model)}
+        fits = [g for g in INT4_GROUP_SIZES if all(w % g == 0 for w in widths)]
+        if not fits:
+            raise ValueError(f"int4 needs Linear in_features divisible by 32 at least; this model has {sorted(widths)} "
+                             "(use 'int8')")
+        group_size = max(fits)
+    if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    Int4Config, Int8Config, PerRow, quantize_, _ = _torchao()
+
+    linears = _named_linears(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    heads = {name for name, m in linears if m is head}
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if head is not None and emb is not None and head.weight is emb.weight:
+        heads_tied = heads
+        logger.warning("the head is tied to the embedding: it stays in %s", dtype)
+    else:
+        heads_tied = set()
+    blocks = [(name, m) for name, m in linears if name not in heads]
+    int8_names = set(heads - heads_tied if quantize_head else ())
+    int4_names: set[str] = set()
+    int4_dtype = compute_dtype or dtype
+    if scheme == "int8":
+        int8_names |= {name for name, _ in blocks}
+    else:
+        for name, m in blocks:
+            _group_size_for(name, m, group_size)
+        int4_names = {name for name, _ in blocks}
+        if int4_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"int4 computes in fp32 or bf16, got compute_dtype={compute_dtype}")
+        for _, m in blocks:  # the int4 kernel computes in the dtype of the weight it packs (its scales)
+            m.weight.data = m.weight.data.to(int4_dtype)
+    if int8_names:
+        quantize_(model, Int8Config(granularity=PerRow()), filter_fn=lambda m, fqn: fqn in int8_names)
+    if int4_names:
+        quantize_(model, Int4Config(group_size=group_size), filter_fn=lambda m, fqn: fqn in int4_names)
+    quantized = dict(linears)
+    missed = [n for n in int8_names | int4_names if not _is_torchao_tensor(quantized[n].weight)]
+    if missed:  # torchao skips a layer it cannot take rather than failing: say so
+        raise ValueError(f"torchao did not quantise {', '.join(sorted(missed))}")
+    for name in int8_names | int4_names:
+        _to_quantized_linear(quantized[name], compute_dtype if name in int8_names else int4_dtype)
+    setattr(model, _MARK, scheme)
+    logger.info("quantised %d Linear layers to %s (%d int8, %d int4), compute dtype %s", len(int8_names | int4_names),
+                scheme, len(int8_names), len(int4_names), compute_dtype or dtype)
+    return model
+
+
+def torchao_config(scheme: str, *, group_size: int = 128):
+    """A ``transformers.TorchAoConfig`` for ``from_pretrained(..., quantization_config=...)`` close to
+    ``scheme`` ("int8" or "int4"): the block Linear layers as :func:`quantize` does them; transformers leaves the
+    head and the embedding in the checkpoint's dtype. The model then runs torchao's kernels in its own dtype;
+    :func:`use_fused_kernels` switches int8 layers to the fused bf16 CPU kernel."""
+    if scheme not in ("int8", "int4"):
+        raise ValueError(f"torchao_config takes 'int8' or 'int4' (bf16 needs no quantizer: pass "
+                         f"dtype=torch.bfloat16), got {scheme!r}")
+    Int4Config, Int8Config, PerRow, _, _ = _torchao()
+    from transformers import TorchAoConfig
+
+    quant = Int8Config(granularity=PerRow()) if scheme == "int8" else Int4Config(group_size=group_size)
+    return TorchAoConfig(quant_type=quant)

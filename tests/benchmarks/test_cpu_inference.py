@@ -1,0 +1,30 @@
+"""benchmarks/cpu_inference.py at a toy shape: it runs end to end (speed table against the rwkv package, with its
+fp32 agreement check) and its JSON line holds every row."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("extra", [[], ["--spiking"]], ids=["rwkv4", "spiking"])
+def test_cpu_inference_benchmark_smoke(extra):
+    pytest.importorskip("torchao")
+    if not extra:
+        pytest.importorskip("rwkv.model")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_inference.py"), "--layers", "2", "--width", "128",
+           "--vocab", "96", "--prompt", "4", "--steps", "2", "--rounds", "1", "--threads", "1", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = report["speed"]["tokens_per_s"]
+    assert set(rows) == {"1", "8"}
+    want = {f"spikegpt {s}" for s in ("fp32", "bf16", "int8", "int4")}
+    if not extra:
+        want |= {"rwkv cpu fp32", "rwkv cpu bf16"}
+        assert report["speed"]["agree"]["cpu fp32"] < 1e-4
+    assert set(rows["1"]) == want and all(v > 0 for v in rows["8"].values())

@@ -28,7 +28,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,17 +158,6 @@ def finish_checkpoint(tmp: Path, path: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def write_checkpoint(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Create checkpoint directory ``path`` atomically from one process: ``write(tmp_dir)`` fills the
-    temporary directory of :func:`begin_checkpoint`, then :func:`finish_checkpoint`. On any failure the
-    temporary directory is removed (out of space: :class:`OutOfSpaceError`) and an older ``path`` is kept."""
-    path = Path(path)
-    tmp = begin_checkpoint(path)
-    with removed_on_failure(tmp, "checkpoint", path):
-        write(tmp)
-    return finish_checkpoint(tmp, path)
 
 
 def verify_checkpoint(path: str | Path) -> dict:

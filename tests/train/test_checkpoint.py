@@ -10,19 +10,30 @@ from spikegpt.train.checkpoint import (
     TRAINER_STATE,
     CheckpointError,
     OutOfSpaceError,
+    begin_checkpoint,
     checkpoint_path,
     checkpoint_step,
+    finish_checkpoint,
     latest_checkpoint,
     list_checkpoints,
+    removed_on_failure,
     resolve_model_path,
     resolve_resume,
     rng_state,
     set_rng_state,
     truncate_metrics,
     verify_checkpoint,
-    write_checkpoint,
 )
 from spikegpt.train.run_dir import RunDir
+
+
+def write_checkpoint(path, write):
+    """One process writing a whole checkpoint, as the trainer does on rank 0: begin, fill (the temporary
+    removed on failure), finish."""
+    tmp = begin_checkpoint(path)
+    with removed_on_failure(tmp, "checkpoint", path):
+        write(tmp)
+    return finish_checkpoint(tmp, path)
 
 
 def _writer(payload: bytes):

@@ -21,17 +21,12 @@ from torch import nn
 import spikegpt.snn as snn
 from spikegpt.snn import functional as SF
 from spikegpt.snn import spikegen
+from spikegpt.snn.datasets import digits
 
 
 def load(seed: int):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor(X / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
-    return Xtr, Xte, ytr, yte
+    """The digits split every example uses (:func:`spikegpt.snn.datasets.digits`)."""
+    return digits(seed)
 
 
 class FeedForwardSNN(nn.Module):

@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 
 from spikegpt.kernels.backend import BACKENDS
 from spikegpt.kernels.surrogate import SURROGATES
+from spikegpt.spike_coding import parse_spike_inputs
 
 NO_CONTEXT_LIMIT = 2**63 - 1  # what max_position_embeddings reports: longer than any sequence
 
@@ -41,6 +42,15 @@ class SpikeGPTConfig(PretrainedConfig):
         v_reset: hard-reset value (original: 0.0); None selects a soft reset (subtract the threshold).
         detach_reset: do not differentiate through the reset (original: False).
         surrogate, surrogate_alpha: surrogate gradient of the Heaviside step (original: "atan", 2.0).
+        spike_inputs: the code of every Linear layer's input (the seven of each block and the head):
+            ``"none"`` (SpikeGPT as published: real-valued inputs; the default), ``"lif"`` (binary spikes of LIF
+            neurons whose membranes are carried over tokens), ``"binary"``, ``"ternary"`` or ``"int<K>"``
+            (1 <= K <= 127: integer spike counts in [-K, K], ``"ternary"`` = ``"int1"``; ``"binary"``: 0 or 1),
+            each with an adaptive threshold per token and a learnable gain (see :mod:`spikegpt.spike_coding`).
+            Independent of ``spiking``.
+        spike_gain: initial threshold gain g of the spike codes (``vth = g * mean|x|``; a number > 0), or None for
+            each code's default (:func:`spikegpt.spike_coding.initial_gain`). Larger is sparser and coarser.
+            Initialisation only: a trained model keeps its learnt gains.
         dropout: dropout after every block, training only, in [0, 1) (original recipe: 0.03).
         layer_norm_epsilon: LayerNorm eps (1e-5).
         l2wrap_coef: the original "L2Wrap" logit regulariser: the loss's backward adds ``l2wrap_coef / n`` times
@@ -94,6 +104,8 @@ class SpikeGPTConfig(PretrainedConfig):
         detach_reset: bool = False,
         surrogate: str = "atan",
         surrogate_alpha: float = 2.0,
+        spike_inputs: str = "none",
+        spike_gain: float | None = None,
         dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-5,
         l2wrap_coef: float = 0.0,
@@ -122,6 +134,8 @@ class SpikeGPTConfig(PretrainedConfig):
         self.detach_reset = detach_reset
         self.surrogate = surrogate
         self.surrogate_alpha = surrogate_alpha
+        self.spike_inputs = spike_inputs
+        self.spike_gain = spike_gain
         self.dropout = dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.l2wrap_coef = l2wrap_coef
@@ -176,6 +190,12 @@ class SpikeGPTConfig(PretrainedConfig):
             bad("v_reset", "a number (hard reset) or None (soft reset)")
         if self.surrogate not in SURROGATES:
             bad("surrogate", f"one of {sorted(SURROGATES)}")
+        if self.spike_gain is not None and not (_is_real(self.spike_gain) and self.spike_gain > 0):
+            bad("spike_gain", "None (the code's default) or a number > 0")
+        try:
+            parse_spike_inputs(self.spike_inputs)
+        except ValueError as e:
+            raise ValueError(f"SpikeGPTConfig.{e}") from None
         v = self.prefill_chunk_size
         if v is not None and (not _is_int(v) or v < 0):
             bad("prefill_chunk_size", "None or an integer >= 0 (tokens per chunk; 0 or None: never chunk)")

@@ -11,6 +11,11 @@ The forward pass, as trained (B batch, T tokens, C width, L layers, V vocabulary
     logits = Head( LNout(x) )
 
 With ``config.spiking = False`` the embedding is used as is and the LIFs are identities: RWKV-4.
+
+Spike-driven products (``config.spike_inputs`` other than ``"none"``): every Linear layer above (the seven of
+each block and the head) reads a spike code of its input instead of the input itself, ``W x -> vth * (W c)``
+with integer counts ``c`` and one scale ``vth`` per token (:mod:`spikegpt.spike_coding`). The codes are taken
+after the token-shift mixes, so each projection reads exactly one count vector.
 The same code runs in parallel mode (a whole sequence, as in training) and in recurrent mode (pass
 ``state=`` and feed one token at a time); both give the same logits. ``attention_mask == 0`` marks
 padding, where every part of the state is held, so padded rows give what they give alone.
@@ -31,6 +36,8 @@ token per step, so it equals ``generate`` on the earlier text followed by the pr
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import math
 import numbers
 import os
@@ -49,7 +56,10 @@ from spikegpt.kernels import lif, wkv
 from spikegpt.kernels.surrogate import heaviside
 from spikegpt.recording import SpikeSite
 from spikegpt.remote_code import AUTO_MAP, write_remote_code
+from spikegpt.spike_coding import SpikeEncoder, parse_spike_inputs
 from spikegpt.state import SpikeGPTState
+
+logger = logging.getLogger(__name__)
 
 try:  # transformers >= 5: init functions that leave weights loaded from a checkpoint alone
     from transformers import initialization as init
@@ -82,12 +92,46 @@ def mix(zz: torch.Tensor, dz: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(zz, dz, mu)
 
 
-class TimeMix(nn.Module):
+def spike_codes(config, widths: dict[str, int]) -> nn.ModuleDict | None:
+    """One :class:`SpikeEncoder` per Linear input named in ``widths`` (name -> input width), or None when
+    ``config.spike_inputs`` is ``"none"``."""
+    if parse_spike_inputs(config.spike_inputs)[0] == "none":
+        return None
+    return nn.ModuleDict({name: SpikeEncoder(config, w) for name, w in widths.items()})
+
+
+class _Projections(nn.Module):
+    """Shared by TimeMix and ChannelMix: ``read`` applies one of the module's Linear layers to its input, or,
+    spike-driven, to the input's spike code (``vth * (W c)``; see :mod:`spikegpt.spike_coding`)."""
+
+    codes: nn.ModuleDict | None
+
+    def read(self, name: str, x: torch.Tensor, mems: list | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """``Linear_name(x)`` for x (B, T, in); ``mems``: the codes' membranes by name (updated in place), or
+        None for stateless codes."""
+        linear = getattr(self, name)
+        if self.codes is None:
+            return linear(x)
+        c, vth, mem = self.codes[name](x, None if mems is None else mems[name], mask)
+        if mems is not None:
+            mems[name] = mem
+        return linear(c) * vth
+
+    def split_mems(self, enc_mem: torch.Tensor | None) -> dict | None:
+        """This module's encoder membranes (B, sum of widths) as a dict of (B, width) by Linear name."""
+        if enc_mem is None:
+            return None
+        return dict(zip(self.codes, enc_mem.split([c.width for c in self.codes.values()], dim=-1)))
+
+
+class TimeMix(_Projections):
     """Spiking RWKV-4 attention (before its LIF):
 
         xk, xv, xr = mix(z, shift(z), mu_k / mu_v / mu_r)
         k, v, r = Wk xk, Wv xv, Wr xr
         y = Wo( sigmoid(r) * WKV(-exp(time_decay), time_first, k, v) )
+
+    Spike-driven (``codes``), each ``W x`` reads the spike code of x (see :meth:`_Projections.read`).
     """
 
     def __init__(self, config: SpikeGPTConfig, layer_id: int):
@@ -104,17 +148,21 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
         self.output.feeds_lif = True
+        self.codes = spike_codes(config, {"key": C, "value": C, "receptance": C, "output": C})
         self.backend = config.kernel_backend
 
-    def forward(self, z, shift, wkv_state, mask):
-        """z: (B, T, C) normalised input; shift: (B, C); wkv_state: (num, den, max). Returns (y, shift, wkv_state)."""
+    def forward(self, z, shift, wkv_state, mask, enc_mem=None):
+        """z: (B, T, C) normalised input; shift: (B, C); wkv_state: (num, den, max); enc_mem: (B, 4C) membranes of
+        the LIF spike codes or None. Returns (y, shift, wkv_state, enc_mem)."""
+        mems = self.split_mems(enc_mem)
         zz, shift = token_shift(z, shift, mask)
         dz = z - zz
-        k = self.key(mix(zz, dz, self.time_mix_k))
-        v = self.value(mix(zz, dz, self.time_mix_v))
-        r = self.receptance(mix(zz, dz, self.time_mix_r))
+        k = self.read("key", mix(zz, dz, self.time_mix_k), mems, mask)
+        v = self.read("value", mix(zz, dz, self.time_mix_v), mems, mask)
+        r = self.read("receptance", mix(zz, dz, self.time_mix_r), mems, mask)
         y, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, mask=mask, backend=self.backend)
-        return self.output(torch.sigmoid(r) * y), shift, wkv_state
+        y = self.read("output", torch.sigmoid(r) * y, mems, mask)
+        return y, shift, wkv_state, None if mems is None else torch.cat(list(mems.values()), dim=-1)
 
 
 class _ReluSquare(torch.autograd.Function):
@@ -137,8 +185,9 @@ def relu_square(x: torch.Tensor) -> torch.Tensor:
     return _ReluSquare.apply(x)
 
 
-class ChannelMix(nn.Module):
-    """Spiking receptance FFN (before its LIF): ``y = sigmoid(Wr xr) * Wv relu(Wk xk)^2``."""
+class ChannelMix(_Projections):
+    """Spiking receptance FFN (before its LIF): ``y = sigmoid(Wr xr) * Wv relu(Wk xk)^2``; spike-driven, each
+    ``W x`` reads the spike code of x."""
 
     def __init__(self, config: SpikeGPTConfig, layer_id: int):
         super().__init__()
@@ -150,14 +199,18 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fw, C, bias=False)
         self.value.feeds_lif = True
+        self.codes = spike_codes(config, {"key": C, "receptance": C, "value": Fw})
 
-    def forward(self, z, shift, mask):
-        """z: (B, T, C) normalised input; shift: (B, C). Returns (y, shift)."""
+    def forward(self, z, shift, mask, enc_mem=None):
+        """z: (B, T, C) normalised input; shift: (B, C); enc_mem: (B, 2C + F) membranes of the LIF spike codes or
+        None. Returns (y, shift, enc_mem)."""
+        mems = self.split_mems(enc_mem)
         zz, shift = token_shift(z, shift, mask)
         dz = z - zz
-        k = relu_square(self.key(mix(zz, dz, self.time_mix_k)))
-        r = torch.sigmoid(self.receptance(mix(zz, dz, self.time_mix_r)))
-        return r * self.value(k), shift
+        k = relu_square(self.read("key", mix(zz, dz, self.time_mix_k), mems, mask))
+        r = torch.sigmoid(self.read("receptance", mix(zz, dz, self.time_mix_r), mems, mask))
+        y = r * self.read("value", k, mems, mask)
+        return y, shift, None if mems is None else torch.cat(list(mems.values()), dim=-1)
 
 
 class BinaryEmbedding(SpikeSite, nn.Module):
@@ -211,17 +264,21 @@ class SpikeGPTBlock(GradientCheckpointingLayer):
         self.ffn_lif = LIF(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem, mask=None):
-        """x: (B, T, C); the seven (B, C) state tensors of this layer. Returns x and the new seven, flat."""
+    def forward(self, x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem, enc_mem=None, mask=None):
+        """x: (B, T, C); the seven (B, C) state tensors of this layer and the (B, 6C + F) membranes of its LIF
+        spike codes (None without). Returns x and the new eight, flat."""
         if self.ln0 is not None:
             x = self.ln0(x)
-        a, att_shift, (num, den, mx) = self.att(self.ln1(x), att_shift, (num, den, mx), mask)
+        att_enc, ffn_enc = (None, None) if enc_mem is None else enc_mem.split(
+            [4 * x.shape[-1], enc_mem.shape[-1] - 4 * x.shape[-1]], dim=-1)
+        a, att_shift, (num, den, mx), att_enc = self.att(self.ln1(x), att_shift, (num, den, mx), mask, att_enc)
         a, att_mem = self.att_lif(a, att_mem, mask)
         x = x + a
-        f, ffn_shift = self.ffn(self.ln2(x), ffn_shift, mask)
+        f, ffn_shift, ffn_enc = self.ffn(self.ln2(x), ffn_shift, mask, ffn_enc)
         f, ffn_mem = self.ffn_lif(f, ffn_mem, mask)
         x = self.drop(x + f)
-        return x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem
+        enc_mem = None if enc_mem is None else torch.cat([att_enc, ffn_enc], dim=-1)
+        return x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem, enc_mem
 
 
 def _replace(out: ModelOutput, **changes) -> ModelOutput:
@@ -327,6 +384,7 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
           get gain ``LIF_INPUT_GAIN`` when spiking, so that the neurons fire at the start of training.
         - Embedding: U(-1e-4, 1e-4), RWKV-4's small init.
         - Head: N(0, (0.5 / sqrt(C))^2); LayerNorms: weight 1, bias 0.
+        - Spike codes (``spike_inputs``): threshold gain ``initial_gain(config)``.
         """
         cfg = self.config
         if isinstance(module, TimeMix):
@@ -362,6 +420,8 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, SpikeEncoder):
+            init.constant_(module.gain, module.initial_gain)
 
     # --- batch invariance: every row computed as if alone ---
 
@@ -454,6 +514,13 @@ def _refuse_misfit(cls, model, info, user_ignores: bool) -> None:
     prefix = cls.base_model_prefix + "."
     own_head = other_class and cls is not model.base_model.__class__
     missing = sorted(k for k in info.get("missing_keys", []) if not (own_head and not k.startswith(prefix)))
+    # A checkpoint without spike codes loaded with spike_inputs set (converting a model into a spike-driven one):
+    # the codes' gains start at their init. Only when the checkpoint has none of them; some missing is an error.
+    gains = {f"{n}.gain" for n, m in model.named_modules() if isinstance(m, SpikeEncoder)}
+    if gains and gains <= set(missing):
+        missing = [k for k in missing if k not in gains]
+        logger.info("the checkpoint has no spike codes: %d input codes (spike_inputs=%r) start at their init",
+                    len(gains), model.config.spike_inputs)
     if missing:
         problems.append(f"{len(missing)} keys are missing from the checkpoint: {', '.join(missing[:8])}")
     if problems:
@@ -654,8 +721,8 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
             new_layers.append(new)
             if output_hidden_states:
                 all_hidden += (x,)
-        return SpikeGPTOutput(last_hidden_state=self.ln_out(x), state=SpikeGPTState.stack(new_layers),
-                              hidden_states=all_hidden)
+        return SpikeGPTOutput(last_hidden_state=self.ln_out(x),
+                              state=SpikeGPTState.stack(new_layers, head_mem=state.head_mem), hidden_states=all_hidden)
 
     def _stack_chunked(self, input_ids, inputs_embeds, mask, state, output_hidden_states, chunk) -> SpikeGPTOutput:
         """:meth:`_stack` on chunks of ``chunk`` tokens, each continuing the state of the one before; the (B, T, C)
@@ -754,6 +821,8 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = SpikeGPTModel(config)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        spike_driven = parse_spike_inputs(config.spike_inputs)[0] != "none"
+        self.head_code = SpikeEncoder(config, config.hidden_size) if spike_driven else None
         self.post_init()
 
     @classmethod
@@ -821,8 +890,11 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                               state=state, use_cache=True, output_hidden_states=output_hidden_states, return_dict=True,
                               prefill_chunk_size=0)
             h = base.last_hidden_state
-            out = SpikeGPTCausalLMOutput(logits=self.head(h[:, -keep:] if keep else h), state=base.state,
-                                         hidden_states=base.hidden_states)
+            mask = None  # the head's code holds its membrane at padding, and recorders see its real positions
+            if self.head_code is not None:
+                mask = real_token_mask(attention_mask, h.shape[0], h.shape[1], state is not None)
+            logits, new_state = self._head_logits(h, base.state, mask, max(h.shape[1] - keep, 0) if keep else 0)
+            out = SpikeGPTCausalLMOutput(logits=logits, state=new_state, hidden_states=base.hidden_states)
         loss = None
         if labels is not None or shift_labels is not None:
             loss = causal_lm_loss(out.logits, labels, cfg.l2wrap_coef, shift_labels=shift_labels,
@@ -853,13 +925,25 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                     hidden = tuple(x.new_empty(B, T, x.shape[2]) for x in base.hidden_states)
                 for whole, piece in zip(hidden, base.hidden_states):
                     whole[:, part] = piece
-            if part.stop > start:
-                lo = max(part.start, start)
-                lg = self.head(base.last_hidden_state[:, lo - part.start:])
+            if part.stop > start or (self.head_code is not None and self.head_code.stateful):
+                lo = min(max(part.start, start), part.stop)
+                lg, state = self._head_logits(base.last_hidden_state, state, _cols(mask, part), lo - part.start)
                 if logits is None:
                     logits = lg.new_empty(B, T - start, lg.shape[2])
                 logits[:, lo - start : part.stop - start] = lg
         return SpikeGPTCausalLMOutput(logits=logits, state=state, hidden_states=hidden)
+
+    def _head_logits(self, h, state, mask, start: int):
+        """Logits (B, T - start, V) of positions ``start..T-1`` of ``h`` (B, T, C), the LNout output, and ``state``
+        with the head code's membrane advanced over all T positions (the LIF code reads every token, the head's
+        product runs on the returned positions only)."""
+        if self.head_code is None:
+            return self.head(h[:, start:]), state
+        mem = None if state.head_mem is None else state.head_mem[0]
+        c, vth, mem = self.head_code(h, mem, mask)
+        if mem is not None:
+            state = dataclasses.replace(state, head_mem=mem[None])
+        return self.head(c[:, start:]) * vth[:, start:], state
 
     # --- generation: prefill in parallel mode, then one token per step from the carried state ---
 

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["SpikeRecorder", "SpikeSite", "record_spikes", "spike_sites", "spikes_of"]
+__all__ = ["SpikeRecorder", "SpikeSite", "real_mask_of_call", "record_spikes", "spike_sites", "spikes_of"]
 
 
 class SpikeSite:
@@ -47,7 +47,7 @@ def spikes_of(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _real_mask(args: tuple, kwargs: dict, spikes: torch.Tensor) -> torch.Tensor | None:
+def real_mask_of_call(args: tuple, kwargs: dict, spikes: torch.Tensor) -> torch.Tensor | None:
     """The (B, T) bool argument of a site's call (its input, the first argument, excluded), or None."""
     for a in (*args[1:], *kwargs.values()):
         if isinstance(a, torch.Tensor) and a.dtype == torch.bool and a.dim() == 2 and a.shape == spikes.shape[:2]:
@@ -106,7 +106,7 @@ class SpikeRecorder:
     def _hook(self, name: str):
         def hook(module, args, kwargs, output):
             spikes = spikes_of(output)
-            real = _real_mask(args, kwargs, spikes)
+            real = real_mask_of_call(args, kwargs, spikes)
             counted = spikes if real is None else spikes[real]
             self.counts[name] += int(torch.count_nonzero(counted))
             self.steps[name] += counted.numel()

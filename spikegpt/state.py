@@ -12,10 +12,17 @@ Per layer and batch row, seven vectors of width C:
 | att_mem    | membrane of the TimeMix branch LIF                         | fp32 (fp64)      |
 | ffn_mem    | membrane of the ChannelMix branch LIF                      | fp32 (fp64)      |
 
-Each field is one (L, B, C) tensor, so reordering beams or selecting rows is one ``index_select``; the
-accumulating fields are fp64 for an fp64 model and fp32 otherwise. The memory is constant in the sequence
-length. The class is a registered pytree node, so ``torch.export`` and ``torch.compile`` take it as an input
-and an output.
+A spike-driven model with LIF spike codes (``spike_inputs="lif"``) has two more fields, None otherwise:
+
+| field      | what                                                                       | shape          |
+|------------|----------------------------------------------------------------------------|----------------|
+| enc_mem    | membranes of each block's seven input codes (TimeMix k, v, r, o; ChannelMix k, r, v) | (L, B, 6C + F) |
+| head_mem   | membrane of the head's input code                                          | (1, B, C)      |
+
+Each field is one (L, B, C) tensor (the two optional ones as in the table), so reordering beams or selecting rows
+is one ``index_select`` along dim 1; the accumulating fields are fp64 for an fp64 model and fp32 otherwise. The
+memory is constant in the sequence length. The class is a registered pytree node, so ``torch.export`` and
+``torch.compile`` take it as an input and an output.
 
 A state is saved to and loaded from a safetensors file (:meth:`SpikeGPTState.save`, :meth:`SpikeGPTState.load`,
 :meth:`SpikeGPTState.load_with_info`); the file records the model config that made it (:func:`state_config_hash`
@@ -46,8 +53,11 @@ STATE_FILE_VERSION = 1
 # (shape, vocabulary, neuron dynamics, LayerNorm). Their values are what ``state_config_hash`` hashes.
 STATE_CONFIG_FIELDS = (
     "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "spiking", "tau",
-    "threshold", "v_reset", "layer_norm_epsilon",
+    "threshold", "v_reset", "layer_norm_epsilon", "spike_inputs",
 )
+# Fields hashed only when they differ from these values (so the hash of a model without them is unchanged).
+_DEFAULTED_CONFIG_FIELDS = {"spike_inputs": "none"}
+_OPTIONAL_FIELDS = ("enc_mem", "head_mem")
 # Every other field of SpikeGPTConfig, and why it does not count (a test keeps the two lists complete).
 STATE_CONFIG_IGNORED = {
     "surrogate": "backward only (the forward is a Heaviside step)",
@@ -57,6 +67,7 @@ STATE_CONFIG_IGNORED = {
     "l2wrap_coef": "loss only",
     "context_length": "a training-recipe setting",
     "initializer_range": "initialisation only",
+    "spike_gain": "initialisation only (the codes' gains are weights)",
     "kernel_backend": "run-time setting, same math",
     "batch_invariant": "run-time setting, same math",
     "prefill_chunk_size": "run-time setting, same math to rounding",
@@ -82,6 +93,8 @@ def state_config(config) -> dict:
         if not hasattr(config, name):
             raise ValueError(f"the config has no field {name!r}: not a SpikeGPT config ({type(config).__name__})")
         v = getattr(config, name)
+        if name in _DEFAULTED_CONFIG_FIELDS and v == _DEFAULTED_CONFIG_FIELDS[name]:
+            continue
         out[name] = float(v) if name in _FLOAT_CONFIG_FIELDS and v is not None else v
     return out
 
@@ -114,7 +127,17 @@ def _parse_dtype(name: str, path) -> torch.dtype:
 
 
 def _describe_config(values: Mapping, names: Sequence[str]) -> str:
-    return ", ".join(f"{n} {values.get(n)!r}" for n in names)
+    return ", ".join(f"{n} {values.get(n, _DEFAULTED_CONFIG_FIELDS.get(n))!r}" for n in names)
+
+
+def _optional_widths(config) -> dict[str, tuple[int, int] | None]:
+    """(leading dim, width) of each optional field a model of ``config`` carries, None for those it has not."""
+    from spikegpt.spike_coding import encoder_state_width
+
+    width = encoder_state_width(config)
+    if not width:
+        return {"enc_mem": None, "head_mem": None}
+    return {"enc_mem": (config.num_hidden_layers, width), "head_mem": (1, config.hidden_size)}
 
 
 def _tensor_digest(tensors: Sequence[torch.Tensor]) -> str:
@@ -177,7 +200,7 @@ class StateFileInfo:
         naming the fields that differ. A file saved without a config can only be checked for its shape."""
         want = state_config(config)
         if self.config_sha256 is not None and self.config_sha256 != _hash_fields(want):
-            diff = [n for n in STATE_CONFIG_FIELDS if self.config.get(n) != want[n]]
+            diff = [n for n in STATE_CONFIG_FIELDS if self.config.get(n) != want.get(n)]
             if diff:
                 raise ValueError(
                     f"state {self.path} was made by a model with {_describe_config(self.config, diff)}; this model "
@@ -204,7 +227,8 @@ class StateFileInfo:
 
 @dataclass
 class SpikeGPTState:
-    """Recurrent state of all layers; each field is an (L, B, C) tensor (see the module docstring)."""
+    """Recurrent state of all layers; each field is an (L, B, C) tensor, the optional ``enc_mem`` (L, B, 6C + F)
+    and ``head_mem`` (1, B, C) None unless the model has LIF spike codes (see the module docstring)."""
 
     att_shift: torch.Tensor
     ffn_shift: torch.Tensor
@@ -213,22 +237,35 @@ class SpikeGPTState:
     wkv_max: torch.Tensor
     att_mem: torch.Tensor
     ffn_mem: torch.Tensor
+    enc_mem: torch.Tensor | None = None
+    head_mem: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, config, batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> SpikeGPTState:
         """The state of a fresh sequence for ``config`` and ``batch_size`` rows of a ``dtype`` model: zeros,
         and a very negative WKV max."""
         L, C = config.num_hidden_layers, config.hidden_size
+        acc = accumulation_dtype(dtype)
         z = torch.zeros(L, batch_size, C, device=device, dtype=dtype)
-        za = torch.zeros(L, batch_size, C, device=device, dtype=accumulation_dtype(dtype))
+        za = torch.zeros(L, batch_size, C, device=device, dtype=acc)
+        extra = {name: None if dims is None else torch.zeros(dims[0], batch_size, dims[1], device=device, dtype=acc)
+                 for name, dims in _optional_widths(config).items()}
         return cls(
             att_shift=z, ffn_shift=z.clone(), wkv_num=za, wkv_den=za.clone(),
-            wkv_max=torch.full_like(za, NEG_INF), att_mem=za.clone(), ffn_mem=za.clone(),
+            wkv_max=torch.full_like(za, NEG_INF), att_mem=za.clone(), ffn_mem=za.clone(), **extra,
         )
 
+    def names(self) -> list[str]:
+        """The names of the fields this state has (the seven, then those of ``enc_mem`` / ``head_mem`` not None)."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
     def tensors(self) -> list[torch.Tensor]:
-        """The seven fields, in field order."""
-        return [getattr(self, f.name) for f in fields(self)]
+        """The fields this state has (see :meth:`names`), in field order."""
+        return [getattr(self, n) for n in self.names()]
+
+    def _map(self, fn) -> SpikeGPTState:
+        """A state of ``fn(name, tensor)`` for every field present (the absent stay None)."""
+        return SpikeGPTState(**{n: fn(n, getattr(self, n)) for n in self.names()})
 
     @property
     def batch_size(self) -> int:
@@ -242,52 +279,71 @@ class SpikeGPTState:
     def hidden_size(self) -> int:
         return self.att_shift.shape[2]
 
-    def layer(self, l: int) -> tuple[torch.Tensor, ...]:
-        """The seven (B, C) tensors of layer ``l``, in field order."""
-        return tuple(t[l] for t in self.tensors())
+    def layer(self, l: int) -> tuple[torch.Tensor | None, ...]:
+        """The seven (B, C) tensors of layer ``l`` in field order, then its (B, 6C + F) ``enc_mem`` (or None)."""
+        core = tuple(getattr(self, f.name)[l] for f in fields(self) if f.name not in _OPTIONAL_FIELDS)
+        return (*core, None if self.enc_mem is None else self.enc_mem[l])
 
     @classmethod
-    def stack(cls, layers: Sequence[Sequence[torch.Tensor]]) -> SpikeGPTState:
-        """Build a state from per-layer tuples in field order (inverse of ``layer``)."""
-        return cls(*(torch.stack(ts) for ts in zip(*layers)))
+    def stack(cls, layers: Sequence[Sequence[torch.Tensor | None]], head_mem: torch.Tensor | None = None,
+              ) -> SpikeGPTState:
+        """Build a state from per-layer tuples as :meth:`layer` gives them (inverse of ``layer``), and ``head_mem``."""
+        stacked = [None if ts[0] is None else torch.stack(ts) for ts in zip(*layers)]
+        return cls(*stacked, head_mem=head_mem)
 
     @classmethod
     def cat(cls, states: Sequence[SpikeGPTState]) -> SpikeGPTState:
         """The rows of several states, one after another along the batch axis."""
         if not states:
             raise ValueError("SpikeGPTState.cat needs at least one state")
-        return cls(*(torch.cat(ts, dim=1) for ts in zip(*(s.tensors() for s in states))))
+        names = states[0].names()
+        if any(s.names() != names for s in states):
+            raise ValueError("SpikeGPTState.cat: the states have different fields (models with and without LIF codes)")
+        return cls(**{n: torch.cat([getattr(s, n) for s in states], dim=1) for n in names})
 
     def index_select(self, index: torch.Tensor) -> SpikeGPTState:
         """Rows ``index`` of the batch (beam reordering, row selection)."""
         index = index.to(self.att_shift.device)
-        return SpikeGPTState(*(t.index_select(1, index) for t in self.tensors()))
+        return self._map(lambda n, t: t.index_select(1, index))
 
     def repeat_interleave(self, repeats: int) -> SpikeGPTState:
         """Each batch row repeated ``repeats`` times (for beams or several samples per prompt)."""
-        return SpikeGPTState(*(t.repeat_interleave(repeats, dim=1) for t in self.tensors()))
+        return self._map(lambda n, t: t.repeat_interleave(repeats, dim=1))
 
     def detach(self) -> SpikeGPTState:
         """The same values with no autograd history (truncated BPTT across windows)."""
-        return SpikeGPTState(*(t.detach() for t in self.tensors()))
+        return self._map(lambda n, t: t.detach())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SpikeGPTState:
         """The same state on ``device`` and/or for a model of ``dtype`` (the shift fields take ``dtype``, the
         accumulating fields its accumulation dtype)."""
         acc = None if dtype is None else accumulation_dtype(dtype)
-        return SpikeGPTState(*(
-            t.to(device=device, dtype=dtype if f.name in _SHIFT_FIELDS else acc)
-            for f, t in zip(fields(self), self.tensors())
-        ))
+        return self._map(lambda n, t: t.to(device=device, dtype=dtype if n in _SHIFT_FIELDS else acc))
 
     def validate(self, config, batch_size: int, dtype: torch.dtype | None = None, device=None) -> None:
         """Raise ``ValueError`` when this state cannot continue a batch of ``batch_size`` for ``config``
         (and, when given, a model of ``dtype`` on ``device``), naming the field and what it needs."""
-        want = (config.num_hidden_layers, batch_size, config.hidden_size)
+        core = (config.num_hidden_layers, batch_size, config.hidden_size)
+        optional = _optional_widths(config)
         for f in fields(self):
             t = getattr(self, f.name)
+            want = core
+            if f.name in _OPTIONAL_FIELDS:
+                dims = optional[f.name]
+                if dims is None and t is not None:
+                    raise ValueError(f"state.{f.name} is set, but this model has no LIF spike codes (spike_inputs="
+                                     f"{config.spike_inputs!r}): the state comes from a different model")
+                if dims is None:
+                    continue
+                if t is None:
+                    raise ValueError(f"state.{f.name} is missing: this model's LIF spike codes (spike_inputs='lif') "
+                                     "keep membranes there; the state comes from a model without them")
+                want = (dims[0], batch_size, dims[1])
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"state.{f.name} must be a tensor, got {type(t).__name__}")
+            if f.name in _OPTIONAL_FIELDS and tuple(t.shape) != want:
+                raise ValueError(f"state.{f.name} has shape {tuple(t.shape)} but this call needs {want}: the state "
+                                 "comes from a different batch or model")
             if tuple(t.shape) != want:
                 what = (
                     "batch size" if t.dim() == 3 and t.shape[0] == want[0] and t.shape[2] == want[2]
@@ -320,10 +376,11 @@ class SpikeGPTState:
     ) -> Path:
         """Write the state to a safetensors file at ``path``; returns the path.
 
-        The file holds the seven fields (on the CPU, under their names) and the metadata ``format``
-        (``"spikegpt-state"``), ``format_version``, ``dtype`` / ``accumulation_dtype``, ``num_layers`` /
-        ``batch_size`` / ``hidden_size``, ``tokens`` (JSON: ``tokens`` as given, or null), ``tensors_sha256`` (of
-        the tensor bytes, checked on load), ``spikegpt_version``, ``extra`` (JSON of ``metadata``), and with a
+        The file holds the fields (on the CPU, under their names; ``enc_mem`` and ``head_mem`` when present) and
+        the metadata ``format`` (``"spikegpt-state"``), ``format_version``, ``dtype`` / ``accumulation_dtype``,
+        ``num_layers`` / ``batch_size`` / ``hidden_size``, ``tokens`` (JSON: ``tokens`` as given, or null),
+        ``tensors_sha256`` (of the tensor bytes, checked on load), ``spikegpt_version``, ``extra`` (JSON of
+        ``metadata``), and with a
         ``config``: ``config_sha256`` (:func:`state_config_hash`), ``config`` (JSON of the hashed fields) and
         ``model`` (its ``name_or_path``, informational).
 
@@ -358,7 +415,7 @@ class SpikeGPTState:
             raise FileNotFoundError(f"cannot save the state to {path}: directory {path.parent} does not exist")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists: pass overwrite=True to replace it")
-        tensors = {f.name: t.detach().to("cpu", copy=True).contiguous() for f, t in zip(fields(self), self.tensors())}
+        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in zip(self.names(), self.tensors())}
         meta = {
             "format": STATE_FILE_FORMAT,
             "format_version": str(STATE_FILE_VERSION),
@@ -442,25 +499,29 @@ class SpikeGPTState:
         return state, info
 
     def _check_consistent(self) -> None:
-        """Raise ``ValueError`` unless the seven fields are (L, B, C) tensors of one shape, the shift fields of one
-        floating dtype and the other five of its accumulation dtype."""
+        """Raise ``ValueError`` unless the seven fields are (L, B, C) tensors of one shape, ``enc_mem`` /
+        ``head_mem`` both absent or (L, B, W) / (1, B, C), the shift fields of one floating dtype and the others
+        of its accumulation dtype."""
         shape = None
-        for f in fields(self):
-            t = getattr(self, f.name)
+        if (self.enc_mem is None) != (self.head_mem is None):
+            raise ValueError("state.enc_mem and state.head_mem must both be set (LIF spike codes) or both be None")
+        for n in self.names():
+            t = getattr(self, n)
             if not isinstance(t, torch.Tensor):
-                raise ValueError(f"state.{f.name} must be a tensor, got {type(t).__name__}")
+                raise ValueError(f"state.{n} must be a tensor, got {type(t).__name__}")
             if t.dim() != 3:
-                raise ValueError(f"state.{f.name} must be (layers, batch, hidden), got shape {tuple(t.shape)}")
+                raise ValueError(f"state.{n} must be (layers, batch, width), got shape {tuple(t.shape)}")
             shape = shape or tuple(t.shape)
-            if tuple(t.shape) != shape:
-                raise ValueError(f"state.{f.name} has shape {tuple(t.shape)} but state.att_shift {shape}")
+            want = {"enc_mem": (shape[0], shape[1], t.shape[2]), "head_mem": (1, shape[1], shape[2])}.get(n, shape)
+            if tuple(t.shape) != want:
+                raise ValueError(f"state.{n} has shape {tuple(t.shape)} but state.att_shift {shape} needs {want}")
         dtype = self.att_shift.dtype
         if not dtype.is_floating_point:
             raise ValueError(f"state.att_shift must be floating point, got {dtype}")
-        for f in fields(self):
-            need = dtype if f.name in _SHIFT_FIELDS else accumulation_dtype(dtype)
-            if getattr(self, f.name).dtype != need:
-                raise ValueError(f"state.{f.name} is {getattr(self, f.name).dtype} but a {dtype} state needs {need}")
+        for n in self.names():
+            need = dtype if n in _SHIFT_FIELDS else accumulation_dtype(dtype)
+            if getattr(self, n).dtype != need:
+                raise ValueError(f"state.{n} is {getattr(self, n).dtype} but a {dtype} state needs {need}")
 
 
 def _package_version() -> str:
@@ -511,21 +572,23 @@ def _read_file(path, tensors: bool):
                   accumulation_dtype=_parse_dtype(values["accumulation_dtype"], path))
     info = StateFileInfo(path=path, format_version=version, config_sha256=meta.get("config_sha256"),
                          model=meta.get("model") or None, **values)
-    want_names = {f.name for f in fields(SpikeGPTState)}
-    if names != want_names:
+    core = {f.name for f in fields(SpikeGPTState)} - set(_OPTIONAL_FIELDS)
+    if names not in (core, core | set(_OPTIONAL_FIELDS)):
         raise ValueError(f"{path} is not a valid SpikeGPT state file: it holds tensors {sorted(names)}, expected "
-                         f"{sorted(want_names)}")
+                         f"{sorted(core)} (and {list(_OPTIONAL_FIELDS)} for a model with LIF spike codes)")
     if info.config_sha256 is not None and _hash_fields(info.config) != info.config_sha256:
         raise ValueError(f"{path} is corrupt: its config does not match its config_sha256")
     if data is not None:
         shape = (info.num_layers, info.batch_size, info.hidden_size)
-        for f in fields(SpikeGPTState):
-            t = data[f.name]
-            need = info.dtype if f.name in _SHIFT_FIELDS else info.accumulation_dtype
-            if tuple(t.shape) != shape or t.dtype != need:
-                raise ValueError(f"{path} is corrupt: {f.name} is {tuple(t.shape)} {t.dtype}, its metadata says "
-                                 f"{shape} {need}")
-        if _tensor_digest([data[f.name] for f in fields(SpikeGPTState)]) != meta.get("tensors_sha256"):
+        order = [f.name for f in fields(SpikeGPTState) if f.name in names]
+        for n in order:
+            t = data[n]
+            need = info.dtype if n in _SHIFT_FIELDS else info.accumulation_dtype
+            want = {"enc_mem": (shape[0], shape[1], t.shape[-1]), "head_mem": (1, *shape[1:])}.get(n, shape)
+            if t.dim() != 3 or tuple(t.shape) != want or t.dtype != need:
+                raise ValueError(f"{path} is corrupt: {n} is {tuple(t.shape)} {t.dtype}, its metadata says "
+                                 f"{want} {need}")
+        if _tensor_digest([data[n] for n in order]) != meta.get("tensors_sha256"):
             raise ValueError(f"{path} is corrupt: its tensors do not match their checksum (tensors_sha256)")
     return data, info
 

@@ -55,9 +55,30 @@ def loop_lif(x, tau, threshold, v_reset):
     return torch.stack(out)
 
 
-def reference_logits(sd: dict, ids, spiking=True, tau=2.0, threshold=1.0, v_reset=0.0) -> torch.Tensor:
-    """Logits (T, V) for one sequence ``ids`` (list of ints), float64, hard reset."""
+def spike_code(x, gain, spike_inputs, tau=2.0, threshold=1.0, v_reset=0.0):
+    """What a spike-coded Linear reads instead of x (T, C): ``vth * c`` with ``vth = |gain| * mean|x|`` per row and
+    c the spike counts of ``u = x / vth`` (sign(u) floor(|u| + 1/2) clamped to the code's range), or the LIF loop's
+    spikes of ``tau * threshold * u``."""
+    vth = abs(float(gain)) * x.abs().mean(-1, keepdim=True)
+    u = torch.where(vth > 0, x / vth, 0.0)  # a silent row (all zeros, e.g. relu^2 of negatives) stays silent
+    if spike_inputs == "lif":
+        return vth * loop_lif(tau * threshold * u, tau, threshold, v_reset)
+    K = 1 if spike_inputs in ("binary", "ternary") else int(spike_inputs.removeprefix("int"))
+    lo = 0 if spike_inputs == "binary" else -K
+    return vth * torch.clamp(torch.sign(u) * torch.floor(u.abs() + 0.5), lo, K)
+
+
+def reference_logits(sd: dict, ids, spiking=True, tau=2.0, threshold=1.0, v_reset=0.0, spike_inputs="none",
+                     ) -> torch.Tensor:
+    """Logits (T, V) for one sequence ``ids`` (list of ints), float64, hard reset. With ``spike_inputs`` every
+    matrix product reads :func:`spike_code` of its input (gains from ``{site}.codes.{name}.gain`` and
+    ``head_code.gain``)."""
     sd = {k: v.double() for k, v in sd.items()}
+
+    def code(x, site):
+        return x if spike_inputs == "none" else spike_code(x, sd[site + ".gain"], spike_inputs, tau, threshold,
+                                                           v_reset)
+
     L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     x = sd["emb.weight"][torch.as_tensor(ids)]
     if spiking:
@@ -73,17 +94,18 @@ def reference_logits(sd: dict, ids, spiking=True, tau=2.0, threshold=1.0, v_rese
         z = _ln(x, sd, p + "ln1")
         zz = _shift(z)
         mk, mv, mr = (sd[p + f"att.time_mix_{c}"].reshape(-1) for c in "kvr")
-        k = (z * mk + zz * (1 - mk)) @ sd[p + "att.key.weight"].T
-        v = (z * mv + zz * (1 - mv)) @ sd[p + "att.value.weight"].T
-        r = (z * mr + zz * (1 - mr)) @ sd[p + "att.receptance.weight"].T
+        k = code(z * mk + zz * (1 - mk), p + "att.codes.key") @ sd[p + "att.key.weight"].T
+        v = code(z * mv + zz * (1 - mv), p + "att.codes.value") @ sd[p + "att.value.weight"].T
+        r = code(z * mr + zz * (1 - mr), p + "att.codes.receptance") @ sd[p + "att.receptance.weight"].T
         w = -torch.exp(sd[p + "att.time_decay"])
-        a = (torch.sigmoid(r) * _wkv(w, sd[p + "att.time_first"], k, v)) @ sd[p + "att.output.weight"].T
+        y = torch.sigmoid(r) * _wkv(w, sd[p + "att.time_first"], k, v)
+        a = code(y, p + "att.codes.output") @ sd[p + "att.output.weight"].T
         x = x + spike(a)
         z = _ln(x, sd, p + "ln2")
         zz = _shift(z)
         mk, mr = (sd[p + f"ffn.time_mix_{c}"].reshape(-1) for c in "kr")
-        kk = torch.relu((z * mk + zz * (1 - mk)) @ sd[p + "ffn.key.weight"].T) ** 2
-        rr = torch.sigmoid((z * mr + zz * (1 - mr)) @ sd[p + "ffn.receptance.weight"].T)
-        x = x + spike(rr * (kk @ sd[p + "ffn.value.weight"].T))
-    return _ln(x, sd, "ln_out") @ sd["head.weight"].T
+        kk = torch.relu(code(z * mk + zz * (1 - mk), p + "ffn.codes.key") @ sd[p + "ffn.key.weight"].T) ** 2
+        rr = torch.sigmoid(code(z * mr + zz * (1 - mr), p + "ffn.codes.receptance") @ sd[p + "ffn.receptance.weight"].T)
+        x = x + spike(rr * (code(kk, p + "ffn.codes.value") @ sd[p + "ffn.value.weight"].T))
+    return code(_ln(x, sd, "ln_out"), "head_code") @ sd["head.weight"].T
 

@@ -52,7 +52,8 @@ __all__ = [
     "state_to_numpy",
 ]
 
-STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SpikeGPTState))
+# The seven fields of every model's state (a model with LIF spike codes, which adds two, is not exported).
+STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SpikeGPTState) if f.name not in ("enc_mem", "head_mem"))
 INPUT_NAMES: tuple[str, ...] = ("input_ids", *(f"state.{n}" for n in STATE_FIELDS))
 OUTPUT_NAMES: tuple[str, ...] = ("logits", *(f"new_state.{n}" for n in STATE_FIELDS))
 FORMAT_VERSION = "1"  # of the metadata below; bumped when the inputs, outputs or metadata change meaning
@@ -108,6 +109,12 @@ def _check_exportable(model) -> None:
             f"this model runs its ops with kernel_backend={bad[0]!r}: Triton kernels cannot be traced into an "
             "exported graph. The exported step uses the PyTorch one-token path, the same math: load the model with "
             "kernel_backend='torch' (or None), e.g. SpikeGPTForCausalLM.from_pretrained(path, kernel_backend='torch')"
+        )
+    if model.config.spike_inputs == "lif":
+        raise ValueError(
+            "this model has spike_inputs='lif', whose input codes carry LIF membranes in two more state fields "
+            "(enc_mem, head_mem); the exported step takes and returns the seven fields of the other models. Export a "
+            "model with a stateless code (spike_inputs='binary', 'ternary' or 'int<K>') or run it in PyTorch"
         )
     dtype = model.get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:

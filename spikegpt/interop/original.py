@@ -39,6 +39,7 @@ import torch
 
 from spikegpt.configuration_spikegpt import SpikeGPTConfig
 from spikegpt.modeling_spikegpt import SpikeGPTForCausalLM
+from spikegpt.spike_coding import SpikeEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +260,9 @@ def from_original(
     weights = {k: v.to(dtype=dtype, copy=copy).contiguous() for k, v in convert_state_dict(sd).items()}
     with torch.device("meta"):
         model = SpikeGPTForCausalLM(config)
+    # Spike codes of the inputs (``spike_inputs``) are not in an original checkpoint: they start at their init.
+    weights.update({f"{name}.gain": torch.tensor(m.initial_gain, dtype=dtype)
+                    for name, m in model.named_modules() if isinstance(m, SpikeEncoder)})
     model.load_state_dict(weights, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a tensor the checkpoint does not carry (e.g. a new buffer) was never materialised

@@ -16,6 +16,10 @@ Schemes (each applied in place to an fp32 model; ``compute_dtype`` is bf16 unles
   (torchao ``PrototypeInt4WeightOnlyConfig``: ``Int4OpaqueTensor``, aten's ``_weight_int4pack_mm_for_cpu``;
   CPU only); the head is int8 per channel as above (more sensitive, and its vocabulary rows need not be a
   multiple of 16 as the int4 CPU kernel requires).
+- ``"spike-int8"`` (spike-driven models only, ``config.spike_inputs`` other than ``"none"``; CPU): the Linear
+  layers that read spike counts (the seven of each block and the head) hold int8 weights with one scale per
+  output channel and compute an exact integer product of the integer counts, ``torch._int_mm`` with int32
+  accumulation, times the weight scale. The model's own ``* vth`` stays outside (see below).
 
 What stays: the embedding is never quantised (one row is read per token, so it costs no time, and the
 spiking model thresholds it, ``H(E[idx])``, where rounding would flip spikes); the LayerNorms, the WKV, the
@@ -39,7 +43,48 @@ A model saved with ``save_pretrained`` also loads quantised through Hugging Face
 the head unquantised there); :func:`torchao_config` builds that config for a scheme, and
 :func:`use_fused_kernels` switches such a model to the fast CPU path.
 
-Needs torchao for int8/int4 (``pip install 'spikegpt[deploy]'``), imported only inside the functions here;
+Spike-driven int8 (``"spike-int8"``). A spike-driven model (:mod:`spikegpt.spike_coding`) feeds every Linear
+layer integer counts ``c`` (B, T, in) in its float dtype and multiplies the output by the per-token scale ``vth``:
+``W x_hat = vth * (W c)``. With ``W ~= s * W_q`` (int8 ``W_q``, one fp32 scale ``s`` per output channel,
+torchao's symmetric per-row rounding, ``|W - s W_q| <= s / 2``) the product is ``vth * s * (W_q c)``, and
+``W_q c`` is an integer matrix product: no activation quantisation, nothing rounded but the weights (and the
+fp32 output once), so ``|y - W c| <= (s / 2) * sum|c|`` per output. The weights are torchao ``Int8Tensor`` s
+made by ``Int8StaticActivationInt8WeightConfig`` with a static activation scale of 1 (an activation "quantised"
+with scale 1 is its integer value), so torchao's own linear computes the same function. Its CPU path is slower
+at small M (it quantises the activation at every call, and on a CPU with AMX it runs the signed x signed
+``_int_mm``), so :class:`QuantizedLinear` calls ``torch._int_mm`` itself with an unsigned left operand, which
+runs the VNNI u8 x s8 kernel: at batch 1 on this machine 2-3x faster than s8 x s8 with the weights streamed from
+memory (4-8x with them in cache) and 3.5-4x faster than the fp32 matmul (a quarter of the bytes). Counts that can
+be negative (``int<K>``, ``ternary``) are offset by 128 into [0, 255] (the sign bit of the int8 count flipped)
+and the exact int32 correction ``128 * sum_k W_q[n, k]`` (precomputed per output) is subtracted; binary and LIF
+spikes are 0/1 already.
+
+Constraints of ``torch._int_mm`` on a CPU (torch 2.13), found here: any M >= 0 (M = 1 included), K and N (no
+multiple-of-8 rule, unlike CUDA); a uint8 or int8 left operand, an int8 right one, int32 out, exact sums
+(checked to 255 * 127 * 3072); a right operand (K, N) passed as the transposed view of the contiguous (N, K) int8
+weight is faster than a contiguous (K, N) copy (that is how it is passed); but wrong values, without an error,
+when an operand has strides (1, 1), as a (1, K) input view or the (1, N) view of a K = 1 weight can: the input is
+reshaped to (M, K) and cast into a new tensor of contiguous strides, and in_features = 1 is refused. The int32
+sums cannot overflow while ``255 * 127 * in_features < 2^31`` (in_features up to 66,311; refused above). And
+``torch.mul`` of the int32 result by the fp32 scales (mixed dtypes) is ~3x slower than converting to fp32 first.
+
+The contract of a "spike-int8" layer: its input holds integers in [-128, 127] (in [0, 255] where the code is
+binary or LIF), as the model's spike codes produce (``|c| <= K <= 127``); anything else is cast unchecked (a
+fraction dropped, out of range wrapped), since checking costs extra passes over every input (measured at
+6 x 768: +8% on a batch-1 decode step, +50% on a 512-token prefill). ``quantize(..., check_inputs=True)`` checks
+at every call and raises ``ValueError`` instead (the tests and the quality benchmark run so). The recurrent
+state is untouched (fp32 WKV and membranes, token-shift fields in the model's dtype). Such a model is for
+inference: its ``save_pretrained`` raises (save the fp32 model and quantise after loading, which takes seconds).
+
+Accuracy: per layer, the bound above. Over a model, the spike codes are discontinuous, so the rounded weights
+flip some counts downstream and those flips propagate: at random init the logits of a small spike-driven model
+(2 x 64) move by 30-70%, against ~1-2% for the same weights without codes (measured here; its fp32 and fp64 runs
+agree to 1e-7, so it is the rounding of the weights, not of the arithmetic). What counts is a trained model's
+predictions: ``benchmarks/spike_driven.py`` measures them on held-out text (a 2 x 128 int3 model trained 300
+steps on builtin:python-docs: perplexity 197.67 -> 197.77, +0.05%; argmax agreement with fp32 89.3%; mean
+KL 0.017 nats per token; its fp64 run agrees with fp32 on 99.96% of the argmaxes).
+
+Needs torchao for int8/int4/spike-int8 (``pip install 'spikegpt[deploy]'``), imported only inside the functions here;
 this module is not imported by ``import spikegpt``.
 """
 
@@ -52,15 +97,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikegpt.spike_coding import SpikeEncoder, parse_spike_inputs
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEMES", "QuantizedLinear", "quantization_scheme", "quantize", "torchao_config", "use_fused_kernels"]
+__all__ = [
+    "SCHEMES", "QuantizedLinear", "quantization_scheme", "quantize", "spike_linears", "torchao_config",
+    "use_fused_kernels",
+]
 
-SCHEMES = ("bf16", "int8", "int4")
+SCHEMES = ("bf16", "int8", "int4", "spike-int8")
 INT4_GROUP_SIZES = (32, 64, 128)  # what torchao's CPU int4 tensor accepts
 _MARK = "_spikegpt_quantization"  # attribute set on a quantised model: its scheme
-_DEVICES = {"bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",)}  # None: any device
+_DEVICES = {"bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",), "spike-int8": ("cpu",)}  # None: any
 _FUSED_INT8_K = 16  # aten._weight_int8pack_mm on CPU needs in_features % 16 == 0 (else wrong values or a crash)
+SPIKE_OFFSET = 128  # signed counts c in [-128, 127] enter torch._int_mm as the uint8 c + 128 (= c ^ 0x80)
+_INT32_MAX = 2**31 - 1
 
 
 def _torchao():
@@ -93,11 +145,20 @@ class QuantizedLinear(nn.Linear):
     a CPU with bf16 compute runs ``aten._weight_int8pack_mm`` (fused dequantise-matmul, fp32 accumulation);
     a plain bf16 weight and a single input row on a CPU run ``torch.mv``; everything else ``F.linear``
     (torchao's own kernels for a torchao weight).
+
+    A "spike-int8" layer (buffers ``spike_int8_scale`` (N,) fp32 and ``spike_int8_comp`` (N,) int32 or None)
+    reads integer spike counts x (..., in) in any float dtype and returns ``s * (W_q x)`` (..., out) in x's dtype
+    through ``torch._int_mm`` (see the module docstring for the contract on x and ``check_inputs``).
     """
 
     compute_dtype: torch.dtype | None = None
+    spike_offset: int = 0  # "spike-int8": what is added to the counts to make them uint8 (0 or SPIKE_OFFSET)
+    check_inputs: bool = False  # "spike-int8": check that every input is integers in range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spike_scale = self._buffers.get("spike_int8_scale")
+        if spike_scale is not None and x.device.type == "cpu":
+            return self._spike_int8(x, spike_scale)
         dtype = x.dtype
         xc = x if self.compute_dtype is None else x.to(self.compute_dtype)
         scale = self._buffers.get("fused_int8_scale")
@@ -117,6 +178,37 @@ class QuantizedLinear(nn.Linear):
         else:
             y = F.linear(xc, self.weight, None if self.bias is None else self.bias.to(xc.dtype))
         return y.to(dtype)
+
+    def _spike_int8(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * (W_q x)`` for integer counts x (..., in): one uint8 x int8 ``torch._int_mm`` (int32 sums)."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input of shape {tuple(x.shape)} for in_features "
+                             f"{self.in_features}")
+        x2 = x.reshape(-1, self.in_features)
+        off = self.spike_offset
+        if self.check_inputs:
+            self._check_counts(x2, off)
+        # a fresh operand of row-major strides (see the module docstring); float -> int8 is exact for the counts, and
+        # flipping the sign bit of an int8 c gives the uint8 c + 128 (one pass over bytes, not over floats)
+        u = x2.to(torch.int8 if off else torch.uint8, memory_format=torch.contiguous_format)
+        if off:
+            u = u.view(torch.uint8).bitwise_xor_(SPIKE_OFFSET)
+        y = torch._int_mm(u, self.weight.qdata.t())  # (M, N) int32, exact
+        comp = self._buffers.get("spike_int8_comp")
+        if comp is not None:
+            y.sub_(comp)  # the offset's share, off * sum_k W_q[n, k], exactly in int32
+        y = y.float().mul_(scale)  # the one rounding (int32 -> fp32 is exact below 2^24); mixed-dtype mul is 3x slower
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _check_counts(self, x2: torch.Tensor, off: int) -> None:
+        lo, hi = -off, 255 - off
+        good = (x2 >= lo) & (x2 <= hi) & (x2 == torch.trunc(x2))
+        if not bool(good.all()):
+            raise ValueError(f"a spike-int8 Linear reads integer spike counts in [{lo}, {hi}]; its input holds "
+                             f"{x2[~good][0].item()!r} (is the model spike-driven, config.spike_inputs other than "
+                             "'none'?)")
 
 
 def _fused_int8_scale(module: nn.Linear, compute_dtype: torch.dtype | None) -> torch.Tensor | None:
@@ -169,7 +261,7 @@ def use_fused_kernels(model: nn.Module, compute_dtype: torch.dtype | None = torc
 
 
 def quantization_scheme(model: nn.Module) -> str | None:
-    """The scheme :func:`quantize` applied to ``model`` ("bf16", "int8", "int4"), or None."""
+    """The scheme :func:`quantize` applied to ``model`` ("bf16", "int8", "int4", "spike-int8"), or None."""
     return getattr(model, _MARK, None)
 
 
@@ -202,6 +294,7 @@ def quantize(
     quantize_head: bool = True,
     group_size: int | None = None,
     compute_dtype: torch.dtype | None = torch.bfloat16,
+    check_inputs: bool = False,
 ) -> nn.Module:
     """Quantise a SpikeGPT model for inference, in place, and return it (see the module docstring).
 
@@ -209,22 +302,30 @@ def quantize(
         model: a :class:`~spikegpt.SpikeGPTForCausalLM` (or :class:`~spikegpt.SpikeGPTModel`, or any module
             with ``nn.Linear`` layers), fp32 or bf16, not yet quantised. It is put in eval mode.
         scheme: "bf16" (all weights and activations bf16; no torchao needed), "int8" (int8 weights, one
-            scale per output channel) or "int4" (int4 weights in groups of ``group_size`` inputs; the head int8).
+            scale per output channel), "int4" (int4 weights in groups of ``group_size`` inputs; the head int8)
+            or "spike-int8" (a spike-driven model, ``config.spike_inputs`` other than "none": the Linear layers
+            that read spike counts get int8 weights, one scale per output channel, and compute the exact integer
+            product of the counts; CPU).
         quantize_head: also quantise the head (``Linear(C -> V)``, 22% of the weights at the 216M shape and
             most of them in small models); False keeps it in the model's dtype. Ignored for "bf16".
         group_size: int4 group size, one of 32, 64, 128; must divide every block Linear's in_features. None
             (default): the largest of them that does (128 for the released shapes).
         compute_dtype: the dtype the int8/int4 Linear layers compute in (input cast in, output cast back);
-            None: the model's dtype (torchao's kernels as they are). Ignored for "bf16".
+            None: the model's dtype (torchao's kernels as they are). Ignored for "bf16" and "spike-int8" (int32
+            sums, output in the model's dtype).
+        check_inputs: "spike-int8" only: every quantised layer checks at each call that its input holds
+            integers in range and raises ``ValueError`` otherwise (an extra pass over each input). False (default):
+            the model's spike codes are trusted to give such counts (see the module docstring).
 
     Returns:
         ``model``, with :func:`quantization_scheme` giving ``scheme``.
 
     Raises:
-        ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4
-            is CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for int8/int4, an int4 group size that
-            does not fit.
-        ImportError: int8/int4 without torchao (``pip install 'spikegpt[deploy]'``).
+        ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4 and
+            spike-int8 are CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for int8/int4/spike-int8, an int4
+            group size that does not fit, "spike-int8" for a model whose ``config.spike_inputs`` is "none" (or
+            that has no config), or a spike-reading layer whose width ``torch._int_mm`` cannot take.
+        ImportError: int8/int4/spike-int8 without torchao (``pip install 'spikegpt[deploy]'``).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantisation scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
@@ -239,7 +340,18 @@ def quantize(
     if allowed is not None and device.type not in allowed:
         raise ValueError(f"scheme {scheme!r} is not supported on device {device.type!r} (it runs on "
                          f"{' and '.join(allowed)}); use 'bf16'" + (" or 'int8'" if scheme == "int4" else ""))
+    if scheme == "spike-int8":
+        spike_inputs = getattr(getattr(model, "config", None), "spike_inputs", None)
+        if spike_inputs is None or parse_spike_inputs(spike_inputs)[0] == "none":
+            raise ValueError(
+                "scheme 'spike-int8' quantises a spike-driven model, whose Linear layers read integer spike counts "
+                f"(config.spike_inputs other than 'none', e.g. 'int3'); this model has spike_inputs={spike_inputs!r} "
+                "(use 'int8' for it)")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"spike-int8 quantises an fp32 or bf16 model; this one is {dtype}")
     model.eval()
+    if scheme == "spike-int8":
+        return _quantize_spike_int8(model, dtype, quantize_head, check_inputs)
     if scheme == "bf16":
         model.to(torch.bfloat16)
         for _, m in _named_linears(model):
@@ -297,6 +409,96 @@ def quantize(
     setattr(model, _MARK, scheme)
     logger.info("quantised %d Linear layers to %s (%d int8, %d int4), compute dtype %s", len(int8_names | int4_names),
                 scheme, len(int8_names), len(int4_names), compute_dtype or dtype)
+    return model
+
+
+def _torchao_static():
+    """torchao's static-activation int8 config and granularities, or ImportError naming the pip extra."""
+    try:
+        from torchao.quantization import Int8StaticActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+    except ImportError as e:
+        raise ImportError(f"spike-int8 quantisation needs torchao >= 0.18 (pip install 'spikegpt[deploy]'): {e}") from e
+    return Int8StaticActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+
+
+def spike_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int]]:
+    """The Linear layers of ``model`` that read spike counts, by qualified name, each with the smallest count its
+    spike code gives (0 for binary and LIF spikes, -K for ``int<K>``): the Linear named by each entry of a module's
+    ``codes`` (:class:`~spikegpt.spike_coding.SpikeEncoder` s, as in the blocks' TimeMix and ChannelMix) and the
+    ``head`` of a module with a ``head_code`` encoder (the language-model head)."""
+    found: dict[str, tuple[nn.Linear, int]] = {}
+    for prefix, module in model.named_modules():
+        pre = f"{prefix}." if prefix else ""
+        codes = getattr(module, "codes", None)
+        if isinstance(codes, nn.ModuleDict):
+            for name, enc in codes.items():
+                linear = getattr(module, name, None)
+                if isinstance(enc, SpikeEncoder) and isinstance(linear, nn.Linear):
+                    found[pre + name] = (linear, enc.min_count)
+        head_code, head = getattr(module, "head_code", None), getattr(module, "head", None)
+        if isinstance(head_code, SpikeEncoder) and isinstance(head, nn.Linear):
+            found[pre + "head"] = (head, head_code.min_count)
+    return found
+
+
+def _refuse_save_pretrained(*args, **kwargs):
+    raise ValueError(
+        "a model quantised with 'spike-int8' is for inference and is not saved (its int8 weights are torchao "
+        "tensors that safetensors does not write): save the fp32 model and quantise it after loading, "
+        "quantize(SpikeGPTForCausalLM.from_pretrained(path), 'spike-int8')")
+
+
+def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bool, check_inputs: bool) -> nn.Module:
+    """The "spike-int8" scheme of :func:`quantize` (model already checked and in eval mode)."""
+    StaticConfig, PerRow, PerTensor, quantize_ = _torchao_static()
+    found = spike_linears(model)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = {}
+    for name, (linear, min_count) in found.items():
+        if linear is head and not quantize_head:
+            continue
+        if linear is head and emb is not None and linear.weight is emb.weight:
+            logger.warning("the head is tied to the embedding: it stays in %s", dtype)
+            continue
+        if linear.in_features < 2 or 255 * 127 * linear.in_features > _INT32_MAX:
+            raise ValueError(f"spike-int8 needs 2 <= in_features <= {_INT32_MAX // (255 * 127)} (torch._int_mm on a "
+                             f"CPU gives wrong values for 1, and int32 sums could overflow above); {name} has "
+                             f"{linear.in_features}")
+        if type(linear) is not nn.Linear:
+            raise ValueError(f"spike-int8 quantises plain nn.Linear layers; {name} is a {type(linear).__name__}")
+        targets[name] = (linear, min_count)
+    if not targets:
+        raise ValueError("spike-int8 found no Linear layer reading spike counts to quantise in this model")
+    others = [n for n, m in _named_linears(model) if n not in found]
+    if others:
+        logger.info("spike-int8 leaves %d Linear layers that read no spike counts in %s: %s", len(others), dtype,
+                    ", ".join(others[:8]))
+    # a static activation scale of 1: torchao's own linear then computes the integer product of integer inputs too
+    config = StaticConfig(act_quant_scale=torch.ones(1, 1, 1), granularity=[PerTensor(), PerRow()],
+                          set_inductor_config=False)
+    quantize_(model, config, filter_fn=lambda m, fqn: fqn in targets)
+    missed = [n for n, (m, _) in targets.items() if not _is_torchao_tensor(m.weight)]
+    if missed:
+        raise ValueError(f"torchao did not quantise {', '.join(sorted(missed))}")
+    for name, (linear, min_count) in targets.items():
+        w = linear.weight
+        if w.qdata.dtype != torch.int8 or tuple(w.qdata.shape) != (linear.out_features, linear.in_features) \
+                or w.scale.numel() != linear.out_features or not w.qdata.is_contiguous():
+            raise ValueError(f"torchao gave {name} an int8 weight of an unexpected layout (qdata "
+                             f"{tuple(w.qdata.shape)} {w.qdata.dtype}, scale {tuple(w.scale.shape)})")
+        linear.__class__ = QuantizedLinear
+        linear.compute_dtype = None
+        linear.register_buffer("fused_int8_scale", None, persistent=False)
+        off = SPIKE_OFFSET if min_count < 0 else 0
+        linear.spike_offset = off
+        linear.check_inputs = bool(check_inputs)
+        linear.register_buffer("spike_int8_scale", w.scale.detach().reshape(-1).float().contiguous(), persistent=False)
+        comp = off * w.qdata.sum(dim=1, dtype=torch.int32) if off else None
+        linear.register_buffer("spike_int8_comp", comp, persistent=False)
+    model.save_pretrained = _refuse_save_pretrained  # an instance attribute: this model only
+    setattr(model, _MARK, "spike-int8")
+    logger.info("quantised %d spike-reading Linear layers to spike-int8 (torch._int_mm, uint8 x int8)", len(targets))
     return model
 
 

@@ -293,6 +293,9 @@ def state_to_rwkv(state: SpikeGPTState) -> list[torch.Tensor]:
     each (B, C, L). Raises ``ValueError`` when a LIF membrane is non-zero (RWKV has no place for it)."""
     if not isinstance(state, SpikeGPTState):
         raise ValueError(f"expected a SpikeGPTState, got {type(state).__name__}")
+    if state.enc_mem is not None:
+        raise ValueError("this state carries the membranes of LIF spike codes (spike_inputs='lif'): RWKV's state "
+                         "cannot hold them")
     if bool(state.att_mem.ne(0).any()) or bool(state.ffn_mem.ne(0).any()):
         raise ValueError("this state carries LIF membranes (a spiking model's): RWKV's state cannot hold them")
     return [t.permute(1, 2, 0).contiguous() for t in

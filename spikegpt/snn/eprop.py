@@ -208,17 +208,25 @@ class EProp:
         ``targets``: "ce": (B,) or (B, T) labels; "mse": (B, K) or (B, T, K). Returns the loss and the
         time-averaged readout (B, K) (for predictions). Memory does not grow with T.
         """
-        n_in = self.net.sizes[0]
-        if x.dim() != 3 or x.shape[2] != n_in:
-            raise ValueError(f"EProp: x must be (B, T, n_in={n_in}), got {tuple(x.shape)}")
-        B, T, _ = x.shape
-        per_step = targets.dim() == (2 if self.loss == "ce" else 3)
-        if targets.shape[0] != B or (per_step and targets.shape[1] != T):
-            raise ValueError(f"EProp: targets of shape {tuple(targets.shape)} do not match x {tuple(x.shape)}")
-        state = self.init_state(B, x.device, x.dtype)
-        total, ysum = 0.0, 0.0
-        for t in range(T):
-            y, loss, state = self.step(x[:, t], targets[:, t] if per_step else targets, state, scale=1.0 / T)
-            total += loss.item() / T
-            ysum = ysum + y / T
-        return total, ysum
+        return run_online(self, x, targets)
+
+
+def run_online(learner, x: torch.Tensor, targets: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The ``accumulate`` of the online rules (e-prop, OSTL, OSTTP): check x (B, T, n_in) and targets, then call
+    ``learner.step(x_t, target_t, state, scale=1/T)`` forward in time from ``learner.init_state``. Returns the mean
+    loss and the time-averaged output (B, K)."""
+    name = type(learner).__name__
+    n_in = learner.net.sizes[0]
+    if x.dim() != 3 or x.shape[2] != n_in:
+        raise ValueError(f"{name}: x must be (B, T, n_in={n_in}), got {tuple(x.shape)}")
+    B, T, _ = x.shape
+    per_step = targets.dim() == (2 if learner.loss == "ce" else 3)
+    if targets.shape[0] != B or (per_step and targets.shape[1] != T):
+        raise ValueError(f"{name}: targets of shape {tuple(targets.shape)} do not match x {tuple(x.shape)}")
+    state = learner.init_state(B, x.device, x.dtype)
+    total, ysum = 0.0, 0.0
+    for t in range(T):
+        y, loss, state = learner.step(x[:, t], targets[:, t] if per_step else targets, state, scale=1.0 / T)
+        total += loss.item() / T
+        ysum = ysum + y / T
+    return total, ysum

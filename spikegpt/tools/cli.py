@@ -34,7 +34,7 @@ PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evalu
                "prepare": "spikegpt.train.prepare"}
 TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE_SCHEMES = ("bf16", "int8", "int4")
+QUANTIZE_SCHEMES = ("bf16", "int8", "int4", "spike-int8")  # spikegpt.interop.quantization.SCHEMES
 
 
 class CLIError(Exception):
@@ -568,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the state after the prompt and the generated text (safetensors, with the token count)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --state-out file")
     p.add_argument("--quantize", choices=QUANTIZE_SCHEMES, default=None,
-                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]')")
+                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]'); spike-int8 takes a "
+                        "spike-driven model (spike_inputs other than none): exact int8 products of its spike counts")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no speed line on stderr (the bar shows only on a terminal, and not "
                         "while text streams to that terminal)")
@@ -599,10 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("energy", help="operation and energy estimate from firing rates on text", formatter_class=fmt,
+    p = sub.add_parser("energy", help="operation and energy estimate from spikes measured on text", formatter_class=fmt,
                        description="Count operations by kind (MAC / accumulate / elementwise) from firing rates "
-                                   "measured on text, price them, and compare with a same-size transformer "
-                                   "(see spikegpt.tools.energy).")
+                                   "and, for a spike-driven model (spike_inputs), the spike counts read by every "
+                                   "Linear layer, measured on text; price them, and compare with a same-size "
+                                   "transformer (see spikegpt.tools.energy).")
     _add_model_args(p)
     p.add_argument("--text", required=True, help="text file, '-' for stdin, or builtin:python-docs")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens of the text to run (0: all)")

@@ -23,7 +23,9 @@ The first converts the teacher (``objective_args.teacher``) into a spiking stude
 ``anneal_steps`` (0: off; else the student's LIF outputs and binary embedding are blended with their
 real-valued inputs, ``lambda * spikes + (1 - lambda) * input``, lambda rising linearly from 0 to 1 over that
 many optimizer steps, in training only -- validation always runs the true spiking model),
-``calibrate_batches`` (0; read by the preparation step only).
+``calibrate_batches`` (0; read by the preparation step only), ``spike_penalty`` (0: off; for a spike-driven
+student, ``spike_inputs`` other than ``"none"``: adds ``spike_penalty`` times the accumulate-weighted mean spike count
+of the Linear inputs, :class:`SpikeCountPenalty`, the quantity that sets the honest energy ratio).
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ import torch.nn.functional as F
 
 from spikegpt import SpikeGPTForCausalLM
 from spikegpt.recording import spike_sites
+from spikegpt.spike_coding import SpikeEncoder
 from spikegpt.train.objectives import register_objective
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "teacher": None, "temperature": 2.0, "ce_weight": 1.0, "kl_weight": 1.0, "anneal_steps": 0,
-    "calibrate_batches": 0,
+    "calibrate_batches": 0, "spike_penalty": 0.0,
 }
 
 
@@ -107,7 +110,8 @@ def load_teacher(src: str | os.PathLike) -> SpikeGPTForCausalLM:
 class SpikeAnnealer:
     """Blends a spiking model's spikes with their real-valued inputs while it trains: every spike site of
     :func:`spikegpt.recording.spike_sites` (the binary embedding and each LIF) outputs
-    ``lam * spikes + (1 - lam) * input`` -- the embedding ``lam * H(E) + (1 - lam) * E``. Forward hooks only
+    ``lam * spikes + (1 - lam) * input`` -- the embedding ``lam * H(E) + (1 - lam) * E``; a Linear input's spike
+    code (``spike_inputs``) makes its Linear read ``lam * vth * c + (1 - lam) * x``. Forward hooks only
     (no parameters, nothing saved); inactive in eval mode and once ``lam`` reaches 1. ``ValueError`` for a
     model without spike sites."""
 
@@ -121,6 +125,9 @@ class SpikeAnnealer:
     def _hook(self, module, args, out):
         if not (module.training and self.lam < 1.0):
             return None
+        if isinstance(module, SpikeEncoder):  # a Linear input's code (c, vth, mem), read as vth * c
+            c, vth, mem = out
+            return self.lam * c + (1.0 - self.lam) * args[0] / vth, vth, mem
         if isinstance(out, tuple):  # a LIF: (spikes, membrane)
             return (self.lam * out[0] + (1.0 - self.lam) * args[0], *out[1:])
         return self.lam * out + (1.0 - self.lam) * args[0]
@@ -140,6 +147,41 @@ def _resume_step(config: Any) -> int:
     path = latest_checkpoint(config.output_dir) if value.lower() in ("true", "yes", "latest") else Path(value)
     m = re.match(r"^checkpoint-(\d+)$", Path(path).name) if path is not None else None
     return int(m.group(1)) if m else 0
+
+
+class SpikeCountPenalty:
+    """The accumulate-weighted mean spike count of a spike-driven model's Linear inputs over its last forward:
+    ``sum_sites out_features * mean|c| / sum_sites out_features`` -- the accumulates per token of all coded Linear
+    layers over their dense multiply-accumulates, so the honest energy ratio falls as it rises. Differentiable
+    through the codes' surrogates (forward hooks on every :class:`~spikegpt.spike_coding.SpikeEncoder`, training
+    mode only). ``ValueError`` for a model without spike codes."""
+
+    def __init__(self, model: SpikeGPTForCausalLM):
+        self.weights: dict[torch.nn.Module, int] = {}
+        for module in model.modules():
+            codes = getattr(module, "codes", None)
+            if isinstance(codes, torch.nn.ModuleDict):
+                self.weights.update({enc: getattr(module, name).out_features for name, enc in codes.items()})
+        if getattr(model, "head_code", None) is not None:
+            self.weights[model.head_code] = model.head.out_features
+        if not self.weights:
+            raise ValueError("spike_penalty needs a spike-driven student (config.spike_inputs other than 'none')")
+        self.total = float(sum(self.weights.values()))
+        self.terms: list[torch.Tensor] = []
+        self.handles = [enc.register_forward_hook(self._hook) for enc in self.weights]
+
+    def _hook(self, module, args, out):
+        if module.training:
+            self.terms.append(out[0].abs().mean() * (self.weights[module] / self.total))
+
+    def value(self) -> torch.Tensor:
+        """The penalty of the forwards since the last call (their sum), and a fresh start."""
+        terms, self.terms = self.terms, []
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 @register_objective("distill")
@@ -170,6 +212,10 @@ class DistillationObjective:
                              f"{self.kl_weight}")
         if self.anneal_steps < 0:
             raise ValueError(f"objective_args.anneal_steps must be >= 0, got {self.anneal_steps}")
+        self.spike_penalty = float(args["spike_penalty"])
+        if not self.spike_penalty >= 0:
+            raise ValueError(f"objective_args.spike_penalty must be >= 0, got {self.spike_penalty}")
+        self.penalty: SpikeCountPenalty | None = None
         self.accelerator = accelerator
         device = accelerator.device if accelerator is not None else torch.device("cpu")
         self.teacher = load_teacher(args["teacher"]).to(device)
@@ -191,6 +237,8 @@ class DistillationObjective:
                              f"{self.teacher.config.vocab_size}")
         if self.anneal_steps:
             self.annealer = SpikeAnnealer(student)
+        if self.spike_penalty:
+            self.penalty = SpikeCountPenalty(student)
         self._checked = True
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -209,6 +257,10 @@ class DistillationObjective:
         out = model(input_ids=ids, labels=ids, use_cache=False)
         kl = distillation_kl(out.logits, t_logits, self.temperature)
         loss = self.ce_weight * out.loss + self.kl_weight * kl
+        if self.penalty is not None:
+            counts = self.penalty.value()
+            loss = loss + self.spike_penalty * counts
+            extra["input_spikes"] = float(counts.detach())
         with torch.no_grad():
             V = t_logits.shape[-1]
             t_ce = F.cross_entropy(t_logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1))
@@ -238,7 +290,8 @@ def prepare_student(config: Any, force: bool = False) -> Path:
     The teacher (``objective_args.teacher``) is loaded with spiking on (same weights), calibrated on
     ``objective_args.calibrate_batches`` batches when > 0, and saved with the tokenizer (the teacher's, or the
     recipe's ``tokenizer`` when that names a Hub tokenizer or directory). Neuron settings in the recipe's
-    ``model`` section (tau, threshold, ...) are applied. Returns the directory.
+    ``model`` section (tau, threshold, ..., and ``spike_inputs`` for a spike-driven student) are applied. Returns
+    the directory.
     """
     from transformers import AutoTokenizer
 
@@ -256,7 +309,8 @@ def prepare_student(config: Any, force: bool = False) -> Path:
         raise ValueError(f"{out} already holds a model; pass --force to replace it")
     teacher_src = args["teacher"]
     neuron = {k: v for k, v in config.model.items() if k in (
-        "tau", "threshold", "v_reset", "detach_reset", "surrogate", "surrogate_alpha", "dropout", "l2wrap_coef")}
+        "tau", "threshold", "v_reset", "detach_reset", "surrogate", "surrogate_alpha", "dropout", "l2wrap_coef",
+        "spike_inputs", "spike_gain")}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student = load_model(teacher_src, spiking=True, **neuron).to(device)
     try:

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from train_helpers import tiny_overrides, tiny_run
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt.spike_coding import SpikeEncoder
 from spikegpt.train.checkpoint import list_checkpoints
 from spikegpt.train.config import load_config
-from spikegpt.train.distill import DistillationObjective, SpikeAnnealer, distillation_kl
+from spikegpt.train.distill import DistillationObjective, SpikeAnnealer, SpikeCountPenalty, distillation_kl
 from spikegpt.train.distill import main as prepare_main
 from spikegpt.train.metrics import read_metrics
 from spikegpt.train.pretrain import main
@@ -125,6 +126,56 @@ def test_annealer_blends_in_training_only(tmp_path):
         assert torch.equal(student.train()(ids).logits, spiking)
     with pytest.raises(ValueError, match="no spike sites"):
         SpikeAnnealer(torch.nn.Linear(2, 2))
+
+
+def test_annealer_at_zero_turns_a_spike_driven_student_into_its_teacher(tmp_path):
+    """With spike-coded Linear inputs too (spike_inputs): lambda 0 gives the non-spiking teacher's logits, lambda 1
+    the spike-driven model, and every code is blended (x_hat = lam * vth * c + (1 - lam) * x)."""
+    src = _teacher_dir(tmp_path)
+    student = SpikeGPTForCausalLM.from_pretrained(src, spiking=True, spike_inputs="int3")
+    teacher = SpikeGPTForCausalLM.from_pretrained(src)
+    ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        spike_driven = student.eval()(ids).logits
+        annealer = SpikeAnnealer(student)
+        assert len(annealer.handles) == 1 + 2 * 2 + 2 * 7 + 1  # + seven codes per block and the head's
+        annealer.lam = 0.0
+        torch.testing.assert_close(student.train()(ids).logits, teacher.eval()(ids).logits, atol=1e-5, rtol=1e-5)
+        annealer.lam = 1.0
+        assert torch.equal(student.train()(ids).logits, spike_driven)
+        annealer.remove()
+
+
+def test_spike_count_penalty_is_the_accumulate_weighted_mean_count_and_reaches_the_gains(tmp_path):
+    src = _teacher_dir(tmp_path)
+    student = SpikeGPTForCausalLM.from_pretrained(src, spiking=True, spike_inputs="int3").train()
+    penalty = SpikeCountPenalty(student)
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = out[0].detach()
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in student.named_modules() if isinstance(m, SpikeEncoder)]
+    ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(3))
+    student(ids)
+    value = penalty.value()
+    outs = {n: (student.get_submodule(n.rsplit(".codes.", 1)[0]).get_submodule(n.rsplit(".", 1)[1]).out_features
+                if ".codes." in n else student.head.out_features) for n in seen}
+    want = sum(outs[n] * seen[n].abs().mean() for n in seen) / sum(outs.values())
+    torch.testing.assert_close(value, want)
+    assert 0 < float(value.detach()) < 3
+    value.backward()
+    assert all(p.grad is not None and p.grad.abs() > 0 for n, p in student.named_parameters() if n.endswith("gain"))
+    assert penalty.value().item() == 0  # consumed
+    student.eval()(ids)
+    assert penalty.value().item() == 0  # eval forwards add nothing
+    for h in hooks:
+        h.remove()
+    penalty.remove()
+    with pytest.raises(ValueError, match="spike-driven student"):
+        SpikeCountPenalty(SpikeGPTForCausalLM.from_pretrained(src, spiking=True))
 
 
 def _recipe(corpus, out, teacher, init, **extra):

@@ -10,8 +10,8 @@ metrics, population codes, membrane regression), ``bptt`` (truncated BPTT), ``ep
 eligibility traces), ``decolle`` (local per-layer losses), ``ostl`` (OSTL and OSTTP, online spatio-temporal
 learning), ``eventprop`` (exact spike-time gradients by the adjoint method), ``stdp``, ``conversion``
 (ANN-to-SNN), ``datasets`` (the bundled digits split of the examples), ``qat`` (fake quantisation), ``plot``
-(raster and firing-rate plots; needs matplotlib), ``nir_io`` (NIR graphs: ``export_to_nir`` / ``import_from_nir``; needs ``nir``), ``events`` (Tonic event data;
-needs ``tonic``).
+(raster and firing-rate plots; needs matplotlib), ``nir_io`` (NIR graphs: ``export_to_nir`` /
+``import_from_nir``; needs ``nir``), ``events`` (Tonic event data; needs ``tonic``).
 Methods side by side: ``docs/snn_training.md``. Every neuron is a
 spike site of :mod:`spikegpt.recording`, re-exported here: ``with snn.record_spikes(net) as rec: net(x)``,
 then ``rec.rates()`` (spikes per neuron-step of each neuron module, by ``named_modules()`` path).

@@ -310,6 +310,8 @@ class SpikeGPTCausalLMOutput(ModelOutput):
 
 
 LIF_INPUT_GAIN = 4.0  # init gain of the projections that feed a LIF (see _init_weights)
+# Attribute that ``spikegpt.interop.quantization.quantize`` sets on a model: its scheme ("bf16", "int8", ...).
+QUANTIZATION_MARK = "_spikegpt_quantization"
 
 # Keyword arguments that Hugging Face callers (generate, pipelines, Trainer) pass to every model and that
 # mean nothing to a recurrent model without positions: accepted and ignored. Anything else is an error.
@@ -370,7 +372,17 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` (safetensors), plus the model code as ``spikegpt_remote.py`` and an
         ``auto_map`` in ``config.json``, so the directory also loads with ``trust_remote_code=True`` where
-        spikegpt is not installed (see :mod:`spikegpt.remote_code`)."""
+        spikegpt is not installed (see :mod:`spikegpt.remote_code`).
+
+        A model quantised in memory to int8 / int4 / spike-int8 (``spikegpt.interop.quantization.quantize``; its
+        weights are torchao tensors) is for inference and is refused with a ``ValueError`` before anything is
+        written: save the float model and quantise after loading (bf16 models save as usual)."""
+        scheme = getattr(self, QUANTIZATION_MARK, None)
+        if scheme not in (None, "bf16"):
+            raise ValueError(
+                f"a model quantised with {scheme!r} is for inference and is not saved (its weights are torchao tensors "
+                "that safetensors does not write): save the fp32 model and quantise it after loading, "
+                f"quantize(SpikeGPTForCausalLM.from_pretrained(path), {scheme!r})")
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
             self.config.auto_map = dict(AUTO_MAP)

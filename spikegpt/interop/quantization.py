@@ -97,6 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikegpt.modeling_spikegpt import QUANTIZATION_MARK
 from spikegpt.spike_coding import SpikeEncoder, parse_spike_inputs
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ __all__ = [
 
 SCHEMES = ("bf16", "int8", "int4", "spike-int8")
 INT4_GROUP_SIZES = (32, 64, 128)  # what torchao's CPU int4 tensor accepts
-_MARK = "_spikegpt_quantization"  # attribute set on a quantised model: its scheme
+_MARK = QUANTIZATION_MARK  # attribute set on a quantised model: its scheme (save_pretrained refuses int8 / int4 ones)
 _DEVICES = {"bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",), "spike-int8": ("cpu",)}  # None: any
 _FUSED_INT8_K = 16  # aten._weight_int8pack_mm on CPU needs in_features % 16 == 0 (else wrong values or a crash)
 SPIKE_OFFSET = 128  # signed counts c in [-128, 127] enter torch._int_mm as the uint8 c + 128 (= c ^ 0x80)
@@ -441,13 +442,6 @@ def spike_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int]]:
     return found
 
 
-def _refuse_save_pretrained(*args, **kwargs):
-    raise ValueError(
-        "a model quantised with 'spike-int8' is for inference and is not saved (its int8 weights are torchao "
-        "tensors that safetensors does not write): save the fp32 model and quantise it after loading, "
-        "quantize(SpikeGPTForCausalLM.from_pretrained(path), 'spike-int8')")
-
-
 def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bool, check_inputs: bool) -> nn.Module:
     """The "spike-int8" scheme of :func:`quantize` (model already checked and in eval mode)."""
     StaticConfig, PerRow, PerTensor, quantize_ = _torchao_static()
@@ -496,7 +490,6 @@ def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bo
         linear.register_buffer("spike_int8_scale", w.scale.detach().reshape(-1).float().contiguous(), persistent=False)
         comp = off * w.qdata.sum(dim=1, dtype=torch.int32) if off else None
         linear.register_buffer("spike_int8_comp", comp, persistent=False)
-    model.save_pretrained = _refuse_save_pretrained  # an instance attribute: this model only
     setattr(model, _MARK, "spike-int8")
     logger.info("quantised %d spike-reading Linear layers to spike-int8 (torch._int_mm, uint8 x int8)", len(targets))
     return model

@@ -233,6 +233,17 @@ def test_errors(fp32, monkeypatch):
     assert quantization_scheme(quantize(copy.deepcopy(fp32), "bf16")) == "bf16"  # bf16 needs no torchao
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_torchao_quantised_model_is_not_saved_but_bf16_is(fp32, scheme, tmp_path):
+    """int8 / int4 weights are torchao tensors: save_pretrained refuses them by name, writing nothing (it used to
+    fail deep in safetensors with "Attempted to access the data pointer on an invalid python storage")."""
+    with pytest.raises(ValueError, match=f"quantised with '{scheme}' is for inference.*save the fp32 model"):
+        quantize(copy.deepcopy(fp32), scheme).save_pretrained(tmp_path / scheme)
+    assert not (tmp_path / scheme).exists()
+    quantize(copy.deepcopy(fp32), "bf16").save_pretrained(tmp_path / "bf16")
+    assert (tmp_path / "bf16" / "model.safetensors").is_file()
+
+
 def test_hf_from_pretrained_with_torchao_config(fp32, ids, tmp_path):
     """Hugging Face's own torchao integration: from_pretrained(..., quantization_config=TorchAoConfig(...))."""
     from torchao.quantization import Int8Tensor

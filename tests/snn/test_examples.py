@@ -1,18 +1,13 @@
 """The digits example learns with both training rules (a short run: accuracy well above chance)."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import torch
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits_snn.py"
+from example_helpers import load_example
 
 
 def test_digits_example_learns_with_bptt_and_eprop():
-    spec = importlib.util.spec_from_file_location("digits_snn", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("digits_snn")
     Xtr, Xte, ytr, yte = mod.load(0)
     for fn, epochs in ((mod.train_bptt, 2), (mod.train_eprop, 1)):
         args = argparse.Namespace(epochs=epochs, steps=6, batch=64, seed=0)

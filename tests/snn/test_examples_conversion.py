@@ -1,23 +1,13 @@
 """The conversion and regression examples on short runs: converted SNNs approach their ANN's accuracy as T
 grows (MLP and CNN, max and percentile norm), and the spiking regressor beats the predict-the-mean baseline."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from example_helpers import load_example
 
 
 def test_ann_to_snn_example_converges_to_the_ann_accuracy():
-    mod = _load("ann_to_snn")
+    mod = load_example("ann_to_snn")
     Xtr, Xte, ytr, yte = mod.load(0)
     args = mod.parse_args(["--epochs", "6", "--steps", "4", "64", "--calib", "256"])
     r = mod.train_ann_to_snn(Xtr, ytr, Xte, yte, args, torch.Generator().manual_seed(0))
@@ -35,7 +25,7 @@ def test_ann_to_snn_example_converges_to_the_ann_accuracy():
 
 
 def test_regression_example_beats_the_mean_baseline():
-    mod = _load("regression_snn")
+    mod = load_example("regression_snn")
     args = mod.parse_args(["--iters", "50", "--hidden", "64", "--steps", "50", "--n-test", "128"])
     r = mod.train_regression(args, torch.Generator().manual_seed(0))
     assert r["mse"] < 0.3 * r["baseline_mse"], r

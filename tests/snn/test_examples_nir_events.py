@@ -3,22 +3,12 @@ network's spikes back from spikegpt, snnTorch and Norse, through a .nir file."""
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import torch
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from example_helpers import load_example
 
 
 def _args(**kw):
@@ -27,13 +17,13 @@ def _args(**kw):
 
 
 def test_tonic_events_example_learns():
-    mod = _load("tonic_events")
+    mod = load_example("tonic_events")
     acc, loss = mod.train_events(_args(), torch.Generator().manual_seed(0))
     assert acc > 0.6 and loss == loss  # chance is 0.25
 
 
 def test_nir_roundtrip_example_reproduces_the_spikes_in_every_reader(tmp_path):
-    mod = _load("nir_roundtrip")
+    mod = load_example("nir_roundtrip")
     out = tmp_path / "events.nir"
     logging.disable(logging.WARNING)
     try:

@@ -1,20 +1,15 @@
 """The online-learning example learns with DECOLLE, OSTL and OSTTP (a short run: accuracy well above chance)."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "online_learning.py"
+from example_helpers import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("online_learning", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("online_learning")
     return mod, mod.load(0)
 
 

@@ -56,7 +56,7 @@ from spikegpt.kernels import lif, wkv
 from spikegpt.kernels.surrogate import heaviside
 from spikegpt.recording import SpikeSite
 from spikegpt.remote_code import AUTO_MAP, write_remote_code
-from spikegpt.spike_coding import SpikeEncoder, parse_spike_inputs
+from spikegpt.spike_coding import SpikeEncoder, parse_spike_inputs, spike_linear
 from spikegpt.state import SpikeGPTState
 
 logger = logging.getLogger(__name__)
@@ -106,16 +106,16 @@ class _Projections(nn.Module):
 
     codes: nn.ModuleDict | None
 
-    def read(self, name: str, x: torch.Tensor, mems: list | None, mask: torch.Tensor | None) -> torch.Tensor:
-        """``Linear_name(x)`` for x (B, T, in); ``mems``: the codes' membranes by name (updated in place), or
-        None for stateless codes."""
+    def read(self, name: str, x: torch.Tensor, mems: dict | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """``Linear_name(x)`` for x (B, T, in); ``mems``: the LIF codes' (B, in) membranes by Linear name (updated
+        in place), or None for stateless codes."""
         linear = getattr(self, name)
         if self.codes is None:
             return linear(x)
-        c, vth, mem = self.codes[name](x, None if mems is None else mems[name], mask)
+        code = self.codes[name](x, None if mems is None else mems[name], mask)
         if mems is not None:
-            mems[name] = mem
-        return linear(c) * vth
+            mems[name] = code[2]
+        return spike_linear(linear, code)
 
     def split_mems(self, enc_mem: torch.Tensor | None) -> dict | None:
         """This module's encoder membranes (B, sum of widths) as a dict of (B, width) by Linear name."""
@@ -955,7 +955,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         c, vth, mem = self.head_code(h, mem, mask)
         if mem is not None:
             state = dataclasses.replace(state, head_mem=mem[None])
-        return self.head(c[:, start:]) * vth[:, start:], state
+        return spike_linear(self.head, (c[:, start:], vth[:, start:], None)), state
 
     # --- generation: prefill in parallel mode, then one token per step from the carried state ---
 

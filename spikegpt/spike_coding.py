@@ -154,6 +154,8 @@ class SpikeEncoder(SpikeSite, nn.Module):
 
 
 def spike_linear(linear: nn.Module, code: tuple) -> torch.Tensor:
-    """``vth * linear(c)`` for an encoder's ``code = (c, vth, mem)``: the Linear layer fed with spike counts."""
+    """``vth * linear(c)`` for an encoder's ``code = (c, vth, mem)`` (c (..., in), vth (..., 1)): the Linear layer
+    (bias-free, or a layer computing ``W c``, such as the int8 one of ``spikegpt.interop.quantization``) fed with
+    spike counts. Returns (..., out)."""
     c, vth, _ = code
     return linear(c) * vth

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from spikegpt.kernels.wkv.common import NEG_INF
+from spikegpt.spike_coding import encoder_state_width
 
 _SHIFT_FIELDS = ("att_shift", "ffn_shift")
 
@@ -132,8 +133,6 @@ def _describe_config(values: Mapping, names: Sequence[str]) -> str:
 
 def _optional_widths(config) -> dict[str, tuple[int, int] | None]:
     """(leading dim, width) of each optional field a model of ``config`` carries, None for those it has not."""
-    from spikegpt.spike_coding import encoder_state_width
-
     width = encoder_state_width(config)
     if not width:
         return {"enc_mem": None, "head_mem": None}

@@ -57,11 +57,7 @@ class RSNN(nn.Module):
                 raise ValueError(f"RSNN: {name} must be a positive int, got {v!r}")
         if not 0 <= beta <= 1 or not 0 <= kappa <= 1:
             raise ValueError(f"RSNN: beta and kappa must lie in [0, 1], got beta={beta}, kappa={kappa}")
-        spike_fn = _surrogate.resolve(spike_grad)
-        if not isinstance(spike_fn, _surrogate.SpikeFunction):
-            raise ValueError("RSNN: spike_grad must be a spikegpt.snn.surrogate spike function (e-prop needs "
-                             "its derivative)")
-        self.spike_fn = spike_fn
+        self.spike_fn = _surrogate.resolve_differentiable(spike_grad, "RSNN", "e-prop needs its derivative")
         self.beta, self.kappa, self.threshold = float(beta), float(kappa), float(threshold)
         self.detach_reset = detach_reset
         self.w_in = nn.Parameter(torch.randn(n_hidden, n_in) / n_in**0.5)

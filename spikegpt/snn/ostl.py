@@ -81,11 +81,8 @@ class LIFStack(nn.Module):
                 raise ValueError(f"LIFStack: sizes must be positive ints, got {sizes}")
         if not 0 <= beta <= 1:
             raise ValueError(f"LIFStack: beta must lie in [0, 1], got {beta}")
-        spike_fn = _surrogate.resolve(spike_grad)
-        if not isinstance(spike_fn, _surrogate.SpikeFunction):
-            raise ValueError("LIFStack: spike_grad must be a spikegpt.snn.surrogate spike function (the online "
-                             "rules need its derivative)")
-        self.spike_fn = spike_fn
+        self.spike_fn = _surrogate.resolve_differentiable(spike_grad, "LIFStack",
+                                                          "the online rules need its derivative")
         self.beta, self.detach_reset, self.output = float(beta), bool(detach_reset), output
         lif_sizes = sizes[1:-1] if output == "linear" else sizes[1:]
         ins = sizes[: len(lif_sizes)]

@@ -39,6 +39,7 @@ __all__ = [
     "custom",
     "fast_sigmoid",
     "resolve",
+    "resolve_differentiable",
     "sigmoid",
     "straight_through",
     "triangular",
@@ -173,3 +174,12 @@ def resolve(spike_grad: SpikeFunction | Callable[[torch.Tensor], torch.Tensor] |
     if not callable(spike_grad):
         raise ValueError(f"spike_grad must be a surrogate name or a callable, got {type(spike_grad).__name__}")
     return spike_grad
+
+
+def resolve_differentiable(spike_grad, who: str, why: str) -> SpikeFunction:
+    """:func:`resolve`, for a learning rule that needs the surrogate's derivative in closed form: ``ValueError``
+    naming ``who`` and ``why`` unless the result is a :class:`SpikeFunction` (a plain callable has no derivative)."""
+    spike_fn = resolve(spike_grad)
+    if not isinstance(spike_fn, SpikeFunction):
+        raise ValueError(f"{who}: spike_grad must be a spikegpt.snn.surrogate spike function ({why})")
+    return spike_fn

@@ -76,6 +76,8 @@ def token_shift(
     mask: (B, T) bool or None. Returns the shifted (B, T, C) and the new ``last`` (B, C).
     """
     if mask is None:
+        if z.shape[1] == 1:  # the generation step: no copy
+            return last[:, None], z[:, 0]
         return torch.cat([last[:, None], z[:, :-1]], dim=1), z[:, -1]
     B, T, C = z.shape
     src = torch.cat([last[:, None], z], dim=1)  # position 0 is the carried input
@@ -182,6 +184,8 @@ class _ReluSquare(torch.autograd.Function):
 
 def relu_square(x: torch.Tensor) -> torch.Tensor:
     """``relu(x) ** 2``, the squared-ReLU of RWKV-4's channel mix."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.relu(x).square_()  # inference: no autograd bookkeeping
     return _ReluSquare.apply(x)
 
 

@@ -280,8 +280,8 @@ class SpikeGPTState:
 
     def layer(self, l: int) -> tuple[torch.Tensor | None, ...]:
         """The seven (B, C) tensors of layer ``l`` in field order, then its (B, 6C + F) ``enc_mem`` (or None)."""
-        core = tuple(getattr(self, f.name)[l] for f in fields(self) if f.name not in _OPTIONAL_FIELDS)
-        return (*core, None if self.enc_mem is None else self.enc_mem[l])
+        return (self.att_shift[l], self.ffn_shift[l], self.wkv_num[l], self.wkv_den[l], self.wkv_max[l],
+                self.att_mem[l], self.ffn_mem[l], None if self.enc_mem is None else self.enc_mem[l])
 
     @classmethod
     def stack(cls, layers: Sequence[Sequence[torch.Tensor | None]], head_mem: torch.Tensor | None = None,

@@ -26,11 +26,11 @@ def _wkv_step(w, u, k, v, state: State, mask):
     ww = u + k
     q = torch.maximum(p, ww)
     e1, e2 = torch.exp(p - q), torch.exp(ww - q)
-    y = (e1 * a + e2 * v) / (e1 * b + e2)
+    y = torch.addcmul(e1 * a, e2, v).div_(torch.addcmul(e2, e1, b))  # (e1 a + e2 v) / (e1 b + e2)
     ww = p + w
     q = torch.maximum(ww, k)
     e1, e2 = torch.exp(ww - q), torch.exp(k - q)
-    new = (e1 * a + e2 * v, e1 * b + e2, q)
+    new = (torch.addcmul(e1 * a, e2, v), torch.addcmul(e2, e1, b), q)
     if mask is None:
         return y, new
     m = mask[:, None]

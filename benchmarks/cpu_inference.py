@@ -37,7 +37,7 @@ from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.interop.original import to_original
 from spikegpt.interop.quantization import quantize
 
-SCHEMES = ("fp32", "bf16", "int8", "int4")
+SCHEMES = ("fp32", "bf16", "int8", "int4", "int8-dynamic")
 # "int8-fp32": int8 weights with the matmul in fp32 (torchao's own kernel, exact weight-only): not a default
 # speed row (slower than fp32 on a CPU), a default quality row (what the bf16 matmul of "int8" costs)
 EXTRA = {"int8-fp32": ("int8", {"compute_dtype": None})}
@@ -200,7 +200,7 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES + tuple(EXTRA),
                     help="SpikeGPT rows of the speed table")
-    ap.add_argument("--quality_schemes", nargs="+", default=["bf16", "int8", "int8-fp32", "int4"],
+    ap.add_argument("--quality_schemes", nargs="+", default=["bf16", "int8", "int8-fp32", "int4", "int8-dynamic"],
                     choices=SCHEMES + tuple(EXTRA), help="columns of the perplexity table")
     ap.add_argument("--rwkv", nargs="*", default=["cpu fp32", "cpu bf16"],
                     help="rwkv package strategies to compare with (none: skip the rwkv package)")
@@ -234,7 +234,7 @@ def main():
                 r["fp32 vs rwkv fp32"] = row["spikegpt fp32"] / row["rwkv cpu fp32"]
             if "rwkv cpu bf16" in row and "spikegpt bf16" in row:
                 r["bf16 vs rwkv bf16"] = row["spikegpt bf16"] / row["rwkv cpu bf16"]
-            for s in ("bf16", "int8", "int4"):
+            for s in ("bf16", "int8", "int4", "int8-dynamic"):
                 if f"spikegpt {s}" in row:
                     r[f"{s} vs spikegpt fp32"] = row[f"spikegpt {s}"] / row["spikegpt fp32"]
             ratios[b] = r

@@ -141,11 +141,12 @@ class SpikeEncoder(SpikeSite, nn.Module):
         tiny = torch.finfo(x.dtype).tiny
         if not (torch.is_grad_enabled() and (x.requires_grad or self.gain.requires_grad)):
             # inference: the same values computed in place (fewer temporaries; the generation step is op-bound)
-            vth = x.abs().mean(dim=-1, keepdim=True).mul_(self.gain.detach().abs().to(x.dtype)).clamp_min_(tiny)
+            magnitude = x.abs()  # its buffer then holds the counts
+            vth = magnitude.mean(dim=-1, keepdim=True).mul_(self.gain.detach().abs().to(x.dtype)).clamp_min_(tiny)
             if self.kind == "lif":
-                c, mem = lif(x * (self.lif_gain / vth), mem, mask=mask, **self.lif_kwargs)
+                c, mem = lif(torch.mul(x, self.lif_gain / vth, out=magnitude), mem, mask=mask, **self.lif_kwargs)
                 return c, vth, mem
-            return torch.div(x, vth).round_().clamp_(self.min_count, self.max_count), vth, None
+            return torch.div(x, vth, out=magnitude).round_().clamp_(self.min_count, self.max_count), vth, None
         vth = (self.gain.abs().to(x.dtype) * x.abs().mean(dim=-1, keepdim=True)).clamp_min(tiny)
         if self.kind == "lif":
             c, mem = lif(x * (self.lif_gain / vth), mem, mask=mask, **self.lif_kwargs)
@@ -158,4 +159,5 @@ def spike_linear(linear: nn.Module, code: tuple) -> torch.Tensor:
     (bias-free, or a layer computing ``W c``, such as the int8 one of ``spikegpt.interop.quantization``) fed with
     spike counts. Returns (..., out)."""
     c, vth, _ = code
-    return linear(c) * vth
+    y = linear(c)
+    return y * vth if torch.is_grad_enabled() and y.requires_grad else y.mul_(vth)  # in place: y is the Linear's own

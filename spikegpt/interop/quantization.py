@@ -1,4 +1,4 @@
-"""Quantised inference: bf16, int8 and int4 weights for a SpikeGPT model, through torchao.
+"""Quantised inference: bf16, int8 and int4 weights (and int8 x int8 products) for a SpikeGPT model, through torchao.
 
     >>> from spikegpt.interop.quantization import quantize
     >>> model = quantize(SpikeGPTForCausalLM.from_pretrained("runs/tiny"), "int8")   # doctest: +SKIP
@@ -16,6 +16,12 @@ Schemes (each applied in place to an fp32 model; ``compute_dtype`` is bf16 unles
   (torchao ``PrototypeInt4WeightOnlyConfig``: ``Int4OpaqueTensor``, aten's ``_weight_int4pack_mm_for_cpu``;
   CPU only); the head is int8 per channel as above (more sensitive, and its vocabulary rows need not be a
   multiple of 16 as the int4 CPU kernel requires).
+- ``"int8-dynamic"`` (CPU): the block Linear layers and the head hold the same int8 per-channel weights
+  (torchao ``Int8DynamicActivationInt8WeightConfig(granularity=PerRow())``) and each rounds its input to int8 per
+  row (token) as torchao's own W8A8 linear does (symmetric, ``s_x = max|x| / 127.5``), then computes the exact
+  integer product on the integer kernels of "spike-int8" below: the weights are read as int8 by VNNI, where the
+  weight-only kernel above reads them at ~11 GB/s. What it costs in quality is the rounding of the activations
+  (measured on trained models in ``docs/inference.md``).
 - ``"spike-int8"`` (spike-driven models only, ``config.spike_inputs`` other than ``"none"``; CPU): the Linear
   layers that read spike counts (the seven of each block and the head) hold int8 weights with one scale per
   output channel and compute an exact integer product of the integer counts, ``torch._int_mm`` with int32
@@ -52,12 +58,16 @@ fp32 output once), so ``|y - W c| <= (s / 2) * sum|c|`` per output. The weights 
 made by ``Int8StaticActivationInt8WeightConfig`` with a static activation scale of 1 (an activation "quantised"
 with scale 1 is its integer value), so torchao's own linear computes the same function. Its CPU path is slower
 at small M (it quantises the activation at every call, and on a CPU with AMX it runs the signed x signed
-``_int_mm``), so :class:`QuantizedLinear` calls ``torch._int_mm`` itself with an unsigned left operand, which
-runs the VNNI u8 x s8 kernel: at batch 1 on this machine 2-3x faster than s8 x s8 with the weights streamed from
-memory (4-8x with them in cache) and 3.5-4x faster than the fp32 matmul (a quarter of the bytes). Counts that can
-be negative (``int<K>``, ``ternary``) are offset by 128 into [0, 255] (the sign bit of the int8 count flipped)
-and the exact int32 correction ``128 * sum_k W_q[n, k]`` (precomputed per output) is subtracted; binary and LIF
-spikes are 0/1 already.
+``_int_mm``), so :class:`QuantizedLinear` runs PyTorch's unsigned x signed integer kernels itself (VNNI u8 x s8):
+for one row ``torch._int_mm`` (at batch 1 on this machine 2-3x faster than s8 x s8 with the weights streamed from
+memory, 4-8x with them in cache, and 3.5-4x faster than the fp32 matmul: a quarter of the bytes), for more rows
+oneDNN's quantised linear (``torch.ops.onednn.qlinear_pointwise`` on a weight prepacked once per layer, built on
+first use and not copied: 1.5-2.5x faster than ``torch._int_mm`` plus its separate offset and scale passes at
+512 rows, slower for one row). Counts that can be negative (``int<K>``, ``ternary``) are offset by 128 into
+[0, 255] (the sign bit of the int8 count flipped); the offset's exact share ``128 * sum_k W_q[n, k]`` is taken off
+in int32 (precomputed per output for ``torch._int_mm``; oneDNN's input zero point does the same); binary and LIF
+spikes are 0/1 already. Both kernels give the same exact sums, then one fp32 rounding (a test checks they agree);
+where PyTorch has no oneDNN, ``torch._int_mm`` serves every M.
 
 Constraints of ``torch._int_mm`` on a CPU (torch 2.13), found here: any M >= 0 (M = 1 included), K and N (no
 multiple-of-8 rule, unlike CUDA); a uint8 or int8 left operand, an int8 right one, int32 out, exact sums
@@ -107,13 +117,16 @@ __all__ = [
     "use_fused_kernels",
 ]
 
-SCHEMES = ("bf16", "int8", "int4", "spike-int8")
+SCHEMES = ("bf16", "int8", "int4", "int8-dynamic", "spike-int8")
 INT4_GROUP_SIZES = (32, 64, 128)  # what torchao's CPU int4 tensor accepts
 _MARK = QUANTIZATION_MARK  # attribute set on a quantised model: its scheme (save_pretrained refuses int8 / int4 ones)
-_DEVICES = {"bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",), "spike-int8": ("cpu",)}  # None: any
+_DEVICES = {  # None: any
+    "bf16": None, "int8": ("cpu", "cuda"), "int4": ("cpu",), "int8-dynamic": ("cpu",), "spike-int8": ("cpu",),
+}
 _FUSED_INT8_K = 16  # aten._weight_int8pack_mm on CPU needs in_features % 16 == 0 (else wrong values or a crash)
 SPIKE_OFFSET = 128  # signed counts c in [-128, 127] enter torch._int_mm as the uint8 c + 128 (= c ^ 0x80)
 _INT32_MAX = 2**31 - 1
+_FP32_EPS = torch.finfo(torch.float32).eps  # torchao's floor on a per-token scale
 
 
 def _torchao():
@@ -155,11 +168,12 @@ class QuantizedLinear(nn.Linear):
     compute_dtype: torch.dtype | None = None
     spike_offset: int = 0  # "spike-int8": what is added to the counts to make them uint8 (0 or SPIKE_OFFSET)
     check_inputs: bool = False  # "spike-int8": check that every input is integers in range
+    dynamic_int8: bool = False  # "int8-dynamic": the layer rounds its own input to int8, per row
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spike_scale = self._buffers.get("spike_int8_scale")
-        if spike_scale is not None and x.device.type == "cpu":
-            return self._spike_int8(x, spike_scale)
+        int_scale = self._buffers.get("spike_int8_scale")
+        if int_scale is not None and x.device.type == "cpu":
+            return self._dynamic_int8(x, int_scale) if self.dynamic_int8 else self._spike_int8(x, int_scale)
         dtype = x.dtype
         xc = x if self.compute_dtype is None else x.to(self.compute_dtype)
         scale = self._buffers.get("fused_int8_scale")
@@ -180,28 +194,72 @@ class QuantizedLinear(nn.Linear):
             y = F.linear(xc, self.weight, None if self.bias is None else self.bias.to(xc.dtype))
         return y.to(dtype)
 
-    def _spike_int8(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``scale * (W_q x)`` for integer counts x (..., in): one uint8 x int8 ``torch._int_mm`` (int32 sums)."""
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__}: input of shape {tuple(x.shape)} for in_features "
                              f"{self.in_features}")
-        x2 = x.reshape(-1, self.in_features)
+        return x.reshape(-1, self.in_features)
+
+    def _spike_int8(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * (W_q x)`` for integer counts x (..., in)."""
+        x2 = self._rows(x)
         off = self.spike_offset
         if self.check_inputs:
             self._check_counts(x2, off)
         # a fresh operand of row-major strides (see the module docstring); float -> int8 is exact for the counts, and
         # flipping the sign bit of an int8 c gives the uint8 c + 128 (one pass over bytes, not over floats)
         u = x2.to(torch.int8 if off else torch.uint8, memory_format=torch.contiguous_format)
-        if off:
-            u = u.view(torch.uint8).bitwise_xor_(SPIKE_OFFSET)
-        y = torch._int_mm(u, self.weight.qdata.t())  # (M, N) int32, exact
-        comp = self._buffers.get("spike_int8_comp")
-        if comp is not None:
-            y.sub_(comp)  # the offset's share, off * sum_k W_q[n, k], exactly in int32
-        y = y.float().mul_(scale)  # the one rounding (int32 -> fp32 is exact below 2^24); mixed-dtype mul is 3x slower
+        y = self._integer_product(u.view(torch.uint8).bitwise_xor_(SPIKE_OFFSET) if off else u, scale)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _dynamic_int8(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """"int8-dynamic": x (..., in) rounded per row to int8 as torchao's symmetric per-token quantisation does
+        (``s_x = max|x| / 127.5``, at least fp32 eps; ``q = clamp(round(x * (1 / s_x)), -128, 127)``), then
+        ``s_x * scale * (W_q q)``."""
+        x2 = self._rows(x).float()
+        sx = (x2.abs().amax(dim=-1, keepdim=True) / 127.5).clamp_min_(_FP32_EPS)
+        q = torch.mul(x2, 1.0 / sx).round_().clamp_(-128, 127).to(torch.int8, memory_format=torch.contiguous_format)
+        y = self._integer_product(q.view(torch.uint8).bitwise_xor_(SPIKE_OFFSET), scale).mul_(sx)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _integer_product(self, u: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``scale * (W_q (u - spike_offset))`` (M, N) fp32 for uint8 u (M, K) of row-major strides: exact int32 sums
+        on ``torch._int_mm`` for one row and on oneDNN's quantised linear for more (see the module docstring)."""
+        off = self.spike_offset
+        packed = self._onednn_weight() if u.shape[0] > 1 else None
+        if packed is not None:  # the offset and the scales inside oneDNN's kernel: fp32 out in one pass
+            y = torch.ops.onednn.qlinear_pointwise(u, 1.0, off, packed, scale, self._zero_points(), None, 1.0, 0,
+                                                   torch.float32, "none", [], "")
+        else:
+            y = torch._int_mm(u, self.weight.qdata.t())  # (M, N) int32, exact
+            comp = self._buffers.get("spike_int8_comp")
+            if comp is not None:
+                y.sub_(comp)  # the offset's share, off * sum_k W_q[n, k], exactly in int32
+            y = y.float().mul_(scale)  # the one rounding (exact int32 -> fp32 below 2^24); mixed-dtype mul is 3x slower
         if self.bias is not None:
             y = y + self.bias.float()
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y
+
+    def _onednn_weight(self) -> torch.Tensor | None:
+        """The int8 weight prepacked for oneDNN's quantised linear (built on first use; not copied or pickled), or
+        None where this PyTorch has no oneDNN (then ``torch._int_mm`` serves every M)."""
+        packed = self.__dict__.get("_onednn_packed")
+        if packed is None and _onednn_qlinear_available():
+            packed = torch.ops.onednn.qlinear_prepack(self.weight.qdata, None)
+            self.__dict__["_onednn_packed"] = packed
+        return packed
+
+    def _zero_points(self) -> torch.Tensor:
+        zp = self.__dict__.get("_onednn_zero_points")
+        if zp is None:
+            zp = self.__dict__["_onednn_zero_points"] = torch.zeros(self.out_features, dtype=torch.int64)
+        return zp
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        for key in ("_onednn_packed", "_onednn_zero_points"):  # an opaque oneDNN tensor: rebuilt on first use
+            state.pop(key, None)
+        return state
 
     def _check_counts(self, x2: torch.Tensor, off: int) -> None:
         lo, hi = -off, 255 - off
@@ -210,6 +268,18 @@ class QuantizedLinear(nn.Linear):
             raise ValueError(f"a spike-int8 Linear reads integer spike counts in [{lo}, {hi}]; its input holds "
                              f"{x2[~good][0].item()!r} (is the model spike-driven, config.spike_inputs other than "
                              "'none'?)")
+
+
+def _onednn_qlinear_available() -> bool:
+    """Whether this PyTorch has oneDNN's quantised linear (x86 builds with MKLDNN)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.onednn.qlinear_pointwise  # noqa: B018 - raises where the op is not registered
+        torch.ops.onednn.qlinear_prepack  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def _fused_int8_scale(module: nn.Linear, compute_dtype: torch.dtype | None) -> torch.Tensor | None:
@@ -262,7 +332,7 @@ def use_fused_kernels(model: nn.Module, compute_dtype: torch.dtype | None = torc
 
 
 def quantization_scheme(model: nn.Module) -> str | None:
-    """The scheme :func:`quantize` applied to ``model`` ("bf16", "int8", "int4", "spike-int8"), or None."""
+    """The scheme :func:`quantize` applied to ``model`` (one of ``SCHEMES``), or None."""
     return getattr(model, _MARK, None)
 
 
@@ -304,16 +374,17 @@ def quantize(
             with ``nn.Linear`` layers), fp32 or bf16, not yet quantised. It is put in eval mode.
         scheme: "bf16" (all weights and activations bf16; no torchao needed), "int8" (int8 weights, one
             scale per output channel), "int4" (int4 weights in groups of ``group_size`` inputs; the head int8)
-            or "spike-int8" (a spike-driven model, ``config.spike_inputs`` other than "none": the Linear layers
-            that read spike counts get int8 weights, one scale per output channel, and compute the exact integer
-            product of the counts; CPU).
+            "int8-dynamic" (int8 weights as "int8", and each Linear rounds its input to int8 per token; exact
+            integer products; CPU) or "spike-int8" (a spike-driven model, ``config.spike_inputs`` other than
+            "none": the Linear layers that read spike counts get int8 weights, one scale per output channel, and
+            compute the exact integer product of the counts; CPU).
         quantize_head: also quantise the head (``Linear(C -> V)``, 22% of the weights at the 216M shape and
             most of them in small models); False keeps it in the model's dtype. Ignored for "bf16".
         group_size: int4 group size, one of 32, 64, 128; must divide every block Linear's in_features. None
             (default): the largest of them that does (128 for the released shapes).
         compute_dtype: the dtype the int8/int4 Linear layers compute in (input cast in, output cast back);
-            None: the model's dtype (torchao's kernels as they are). Ignored for "bf16" and "spike-int8" (int32
-            sums, output in the model's dtype).
+            None: the model's dtype (torchao's kernels as they are). Ignored for "bf16", "int8-dynamic" and
+            "spike-int8" (int32 sums, output in the model's dtype).
         check_inputs: "spike-int8" only: every quantised layer checks at each call that its input holds
             integers in range and raises ``ValueError`` otherwise (an extra pass over each input). False (default):
             the model's spike codes are trusted to give such counts (see the module docstring).
@@ -322,8 +393,9 @@ def quantize(
         ``model``, with :func:`quantization_scheme` giving ``scheme``.
 
     Raises:
-        ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4 and
-            spike-int8 are CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for int8/int4/spike-int8, an int4
+        ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4,
+            int8-dynamic and spike-int8 are CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for the torchao
+            schemes, an int4
             group size that does not fit, "spike-int8" for a model whose ``config.spike_inputs`` is "none" (or
             that has no config), or a spike-reading layer whose width ``torch._int_mm`` cannot take.
         ImportError: int8/int4/spike-int8 without torchao (``pip install 'spikegpt[deploy]'``).
@@ -351,8 +423,10 @@ def quantize(
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"spike-int8 quantises an fp32 or bf16 model; this one is {dtype}")
     model.eval()
-    if scheme == "spike-int8":
-        return _quantize_spike_int8(model, dtype, quantize_head, check_inputs)
+    if scheme in ("spike-int8", "int8-dynamic"):
+        if scheme == "int8-dynamic" and dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"int8-dynamic quantises an fp32 or bf16 model; this one is {dtype}")
+        return _quantize_integer(model, scheme, dtype, quantize_head, check_inputs)
     if scheme == "bf16":
         model.to(torch.bfloat16)
         for _, m in _named_linears(model):
@@ -413,13 +487,20 @@ def quantize(
     return model
 
 
-def _torchao_static():
-    """torchao's static-activation int8 config and granularities, or ImportError naming the pip extra."""
+def _torchao_integer():
+    """torchao's int8 x int8 configs and granularities, or ImportError naming the pip extra."""
     try:
-        from torchao.quantization import Int8StaticActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8StaticActivationInt8WeightConfig,
+            PerRow,
+            PerTensor,
+            quantize_,
+        )
     except ImportError as e:
-        raise ImportError(f"spike-int8 quantisation needs torchao >= 0.18 (pip install 'spikegpt[deploy]'): {e}") from e
-    return Int8StaticActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+        raise ImportError(f"spike-int8 / int8-dynamic quantisation needs torchao >= 0.18 (pip install "
+                          f"'spikegpt[deploy]'): {e}") from e
+    return Int8DynamicActivationInt8WeightConfig, Int8StaticActivationInt8WeightConfig, PerRow, PerTensor, quantize_
 
 
 def spike_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int]]:
@@ -442,10 +523,17 @@ def spike_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, int]]:
     return found
 
 
-def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bool, check_inputs: bool) -> nn.Module:
-    """The "spike-int8" scheme of :func:`quantize` (model already checked and in eval mode)."""
-    StaticConfig, PerRow, PerTensor, quantize_ = _torchao_static()
-    found = spike_linears(model)
+def _quantize_integer(model: nn.Module, scheme: str, dtype: torch.dtype, quantize_head: bool,
+                      check_inputs: bool) -> nn.Module:
+    """The "spike-int8" and "int8-dynamic" schemes of :func:`quantize` (model already checked and in eval mode):
+    int8 weights, one scale per output channel, and an exact integer product of integer inputs (the spike counts
+    the model's codes give, or the layer's own per-row int8 rounding of its input)."""
+    DynamicConfig, StaticConfig, PerRow, PerTensor, quantize_ = _torchao_integer()
+    dynamic = scheme == "int8-dynamic"
+    if dynamic:  # every Linear layer; inputs of either sign
+        found = {name: (m, -1) for name, m in _named_linears(model)}
+    else:
+        found = spike_linears(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     targets = {}
@@ -456,21 +544,24 @@ def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bo
             logger.warning("the head is tied to the embedding: it stays in %s", dtype)
             continue
         if linear.in_features < 2 or 255 * 127 * linear.in_features > _INT32_MAX:
-            raise ValueError(f"spike-int8 needs 2 <= in_features <= {_INT32_MAX // (255 * 127)} (torch._int_mm on a "
+            raise ValueError(f"{scheme} needs 2 <= in_features <= {_INT32_MAX // (255 * 127)} (torch._int_mm on a "
                              f"CPU gives wrong values for 1, and int32 sums could overflow above); {name} has "
                              f"{linear.in_features}")
         if type(linear) is not nn.Linear:
-            raise ValueError(f"spike-int8 quantises plain nn.Linear layers; {name} is a {type(linear).__name__}")
+            raise ValueError(f"{scheme} quantises plain nn.Linear layers; {name} is a {type(linear).__name__}")
         targets[name] = (linear, min_count)
     if not targets:
-        raise ValueError("spike-int8 found no Linear layer reading spike counts to quantise in this model")
+        raise ValueError(f"{scheme} found no Linear layer " + ("" if dynamic else "reading spike counts ")
+                         + "to quantise in this model")
     others = [n for n, m in _named_linears(model) if n not in found]
     if others:
         logger.info("spike-int8 leaves %d Linear layers that read no spike counts in %s: %s", len(others), dtype,
                     ", ".join(others[:8]))
-    # a static activation scale of 1: torchao's own linear then computes the integer product of integer inputs too
-    config = StaticConfig(act_quant_scale=torch.ones(1, 1, 1), granularity=[PerTensor(), PerRow()],
-                          set_inductor_config=False)
+    if dynamic:  # torchao's W8A8: its own linear computes the same function (per-token symmetric activations)
+        config = DynamicConfig(granularity=PerRow(), set_inductor_config=False)
+    else:  # a static activation scale of 1: torchao's own linear then computes the integer product of integer inputs
+        config = StaticConfig(act_quant_scale=torch.ones(1, 1, 1), granularity=[PerTensor(), PerRow()],
+                              set_inductor_config=False)
     quantize_(model, config, filter_fn=lambda m, fqn: fqn in targets)
     missed = [n for n, (m, _) in targets.items() if not _is_torchao_tensor(m.weight)]
     if missed:
@@ -486,12 +577,13 @@ def _quantize_spike_int8(model: nn.Module, dtype: torch.dtype, quantize_head: bo
         linear.register_buffer("fused_int8_scale", None, persistent=False)
         off = SPIKE_OFFSET if min_count < 0 else 0
         linear.spike_offset = off
-        linear.check_inputs = bool(check_inputs)
+        linear.check_inputs = bool(check_inputs) and not dynamic
+        linear.dynamic_int8 = dynamic
         linear.register_buffer("spike_int8_scale", w.scale.detach().reshape(-1).float().contiguous(), persistent=False)
         comp = off * w.qdata.sum(dim=1, dtype=torch.int32) if off else None
         linear.register_buffer("spike_int8_comp", comp, persistent=False)
-    setattr(model, _MARK, "spike-int8")
-    logger.info("quantised %d spike-reading Linear layers to spike-int8 (torch._int_mm, uint8 x int8)", len(targets))
+    setattr(model, _MARK, scheme)
+    logger.info("quantised %d Linear layers to %s (uint8 x int8 integer products)", len(targets), scheme)
     return model
 
 

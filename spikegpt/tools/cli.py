@@ -34,7 +34,7 @@ PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evalu
                "prepare": "spikegpt.train.prepare"}
 TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE_SCHEMES = ("bf16", "int8", "int4", "spike-int8")  # spikegpt.interop.quantization.SCHEMES
+QUANTIZE_SCHEMES = ("bf16", "int8", "int4", "int8-dynamic", "spike-int8")  # quantization.SCHEMES (a test checks)
 
 
 class CLIError(Exception):
@@ -568,8 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the state after the prompt and the generated text (safetensors, with the token count)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --state-out file")
     p.add_argument("--quantize", choices=QUANTIZE_SCHEMES, default=None,
-                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]'); spike-int8 takes a "
-                        "spike-driven model (spike_inputs other than none): exact int8 products of its spike counts")
+                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]'); int8 and int4 are "
+                        "weight-only, int8-dynamic also rounds each Linear input to int8 per token (CPU); spike-int8 "
+                        "takes a spike-driven model (spike_inputs other than none): exact int8 products of its counts")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no speed line on stderr (the bar shows only on a terminal, and not "
                         "while text streams to that terminal)")

@@ -1,4 +1,4 @@
-"""spikegpt.interop.quantization: bf16 / int8 / int4 models through torchao, on tiny CPU models.
+"""spikegpt.interop.quantization: bf16 / int8 / int4 / int8-dynamic models through torchao, on tiny CPU models.
 
 Tolerances, from what each scheme rounds (weights of these models are N(0, 1/fan_in)):
 
@@ -10,6 +10,9 @@ Tolerances, from what each scheme rounds (weights of these models are N(0, 1/fan
 - int4 in groups of 32 (asymmetric): step = range / 15, ~4 sigma / 15, so 8% per weight and per Linear (per-layer
   bound 15%); over the model: bound 40% (it is the scheme's real accuracy on random weights; the trained-model
   perplexity in docs/inference.md is the measure that matters).
+- int8-dynamic adds to the int8 weights the per-token int8 rounding of every Linear input: step = max|x_row| / 127.5,
+  ~2.5 sigma / 127.5 for rows of 64-256 Gaussian values, so 0.6% of sigma per input as for the weights; the two
+  roundings together ~0.8% per Linear output (per-layer bound 2%), ~8 in series: bound 5% on the logits.
 
 And every scheme must change something (logits not equal to fp32; the Linear weights torchao tensors), and the
 quantised layers must compute exactly what their weights say: with ``compute_dtype=None`` (torchao's kernels in
@@ -31,8 +34,8 @@ from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.interop import quantization
 from spikegpt.interop.quantization import QuantizedLinear, quantization_scheme, quantize, use_fused_kernels
 
-REL_TOL = {"bf16": 0.03, "int8": 0.04, "int4": 0.40}
-LAYER_TOL = {"int8": 0.015, "int4": 0.15}
+REL_TOL = {"bf16": 0.03, "int8": 0.04, "int4": 0.40, "int8-dynamic": 0.05}
+LAYER_TOL = {"int8": 0.015, "int4": 0.15, "int8-dynamic": 0.02}
 GROUP = 32  # int4 group size for these narrow models
 
 
@@ -66,7 +69,7 @@ def block_linears(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"]
 
 
-@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4", "int8-dynamic"])
 def test_logits_close_to_fp32_but_not_equal(fp32, ids, scheme):
     with torch.no_grad():
         ref = fp32(ids).logits
@@ -151,6 +154,46 @@ def test_quantised_model_computes_what_its_weights_say(ids, scheme, spiking):
         torch.testing.assert_close(qm(ids).logits, deq(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def _per_token_int8(x):
+    """torchao's symmetric per-token int8 rounding of x (M, K), written out: (codes in float64, scales (M, 1))."""
+    scale = torch.clamp(x.abs().amax(dim=-1, keepdim=True) / 127.5, min=torch.finfo(torch.float32).eps)
+    return torch.clamp(torch.round(x * (1.0 / scale)), -128, 127).double(), scale.double()
+
+
+def test_int8_dynamic_layer_is_the_integer_product_of_its_rounded_input(fp32):
+    """Each int8-dynamic layer computes ``s_x s_w (W_q q)`` with q torchao's per-token rounding of its input: against
+    that product in float64 (exact but for the fp32 output's rounding), and against torchao's own linear on the same
+    weights (its W8A8 path); for one row (``torch._int_mm``), many rows (oneDNN), 3-D inputs and rows with zeros."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, quantize_
+
+    qm = q(fp32, "int8-dynamic")
+    theirs = copy.deepcopy(fp32)
+    quantize_(theirs, Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    mods, their_mods = dict(qm.named_modules()), dict(theirs.named_modules())
+    gen = torch.Generator().manual_seed(4)
+    for name in ("model.blocks.0.att.key", "model.blocks.1.ffn.value", "head"):
+        layer = mods[name]
+        assert isinstance(layer, QuantizedLinear) and layer.dynamic_int8 and layer.spike_offset == 128
+        K = layer.in_features
+        with_zero_row = torch.randn(4, K, generator=gen)
+        with_zero_row[1] = 0.0
+        for x in (torch.randn(1, K, generator=gen) * 3, torch.randn(2, 5, K, generator=gen), with_zero_row):
+            with torch.no_grad():
+                y = layer(x)
+                y_torchao = their_mods[name](x)
+            codes, sx = _per_token_int8(x.reshape(-1, K))
+            w = layer.weight
+            ref = ((codes @ w.qdata.double().T) * w.scale.double().reshape(-1) * sx).reshape(y.shape)
+            assert y.shape == (*x.shape[:-1], layer.out_features)
+            assert bool(((y.double() - ref).abs() <= ref.abs() * 2**-22 + 1e-30).all()), (name, tuple(x.shape))
+            torch.testing.assert_close(y, y_torchao, rtol=1e-5, atol=1e-6)
+        ref_layer = dict(fp32.named_modules())[name]
+        xin = torch.randn(5, K, generator=gen)
+        with torch.no_grad():
+            err = rel(layer(xin), ref_layer(xin))
+        assert 1e-6 < err < LAYER_TOL["int8-dynamic"], (name, err)
+
+
 def test_fused_bf16_int8_kernel_matches_torchao_fp32_path(fp32, ids):
     fused, plain = q(fp32, "int8"), q(fp32, "int8", compute_dtype=None)
     assert all(m.fused_int8_scale is not None for _, m in block_linears(fused))  # aten's fused kernel in use
@@ -160,7 +203,7 @@ def test_fused_bf16_int8_kernel_matches_torchao_fp32_path(fp32, ids):
 
 
 @pytest.mark.parametrize("spiking", [False, True], ids=["rwkv4", "spiking"])
-@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4", "int8-dynamic"])
 def test_state_dtypes(ids, scheme, spiking):
     """WKV accumulators and membranes fp32 always; token-shift fields in the activation dtype (fp32 for
     int8/int4, whose Linear layers alone compute in bf16; bf16 for the bf16 model)."""
@@ -173,7 +216,7 @@ def test_state_dtypes(ids, scheme, spiking):
         assert getattr(state, f).dtype == torch.float32, f
 
 
-@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("scheme", ["bf16", "int8", "int4", "int8-dynamic"])
 def test_generation_and_recurrent_mode(fp32, ids, scheme):
     qm = q(fp32, scheme)
     with torch.no_grad():
@@ -192,7 +235,7 @@ def test_generation_and_recurrent_mode(fp32, ids, scheme):
 
 def test_spiking_model_quantises_and_generates(ids):
     model = tiny(spiking=True)
-    for scheme in ("bf16", "int8", "int4"):
+    for scheme in ("bf16", "int8", "int4", "int8-dynamic"):
         qm = q(model, scheme)
         with torch.no_grad():
             logits = qm(ids).logits
@@ -233,7 +276,7 @@ def test_errors(fp32, monkeypatch):
     assert quantization_scheme(quantize(copy.deepcopy(fp32), "bf16")) == "bf16"  # bf16 needs no torchao
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("scheme", ["int8", "int4", "int8-dynamic"])
 def test_a_torchao_quantised_model_is_not_saved_but_bf16_is(fp32, scheme, tmp_path):
     """int8 / int4 weights are torchao tensors: save_pretrained refuses them by name, writing nothing (it used to
     fail deep in safetensors with "Attempted to access the data pointer on an invalid python storage")."""

@@ -124,6 +124,30 @@ def test_layer_is_the_integer_product(code):
             assert bool(((y.double() - ref).abs() <= ref.abs() * 2**-24).all()), (name, tuple(c.shape))
 
 
+def test_both_integer_kernels_give_the_same_product_and_copies_rebuild_theirs(monkeypatch):
+    """Rows > 1 run oneDNN's quantised linear (prepacked weight, offset and scales inside), one row ``torch._int_mm``:
+    the same exact sums, so equal outputs; without oneDNN every M runs ``torch._int_mm``. A model whose packed
+    weights exist (after a call) deep-copies (an opaque oneDNN tensor would not); the copy packs its own and computes
+    the same."""
+    qm = q(tiny("int3"))
+    layer = qm.model.blocks[0].ffn.key
+    c = counts((9, layer.in_features), -128, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        onednn = layer(c)
+        rows = torch.cat([layer(c[i : i + 1]) for i in range(c.shape[0])])
+    assert "_onednn_packed" in layer.__dict__  # the oneDNN path ran
+    assert torch.equal(onednn, rows)
+    clone = copy.deepcopy(qm)
+    assert "_onednn_packed" not in clone.model.blocks[0].ffn.key.__dict__
+    with torch.no_grad():
+        assert torch.equal(clone.model.blocks[0].ffn.key(c), onednn)
+    monkeypatch.setattr(quantization, "_onednn_qlinear_available", lambda: False)
+    fresh = q(tiny("int3")).model.blocks[0].ffn.key
+    with torch.no_grad():
+        assert torch.equal(fresh(c), onednn)
+    assert "_onednn_packed" not in fresh.__dict__
+
+
 def test_bf16_model():
     """A bf16 model's layers return the integer product rounded to bf16 (the fp32 product's rounding first)."""
     qm = q(tiny().to(torch.bfloat16))
@@ -330,3 +354,13 @@ def test_cli_generate_quantize_spike_int8(capsys, tmp_path):
     assert out.strip("\n") == tok.decode(want[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     code, _, err = run(capsys, "generate", tmp_path / "none", "the cat", "--quantize", "spike-int8")
     assert_one_line_error(code, err, "--quantize spike-int8", "spike_inputs='none'")
+    code, out, err = run(capsys, "generate", tmp_path / "none", "the cat", "--greedy", "--max-new-tokens", 6,
+                         "--quantize", "int8-dynamic", "--no-stream", "--quiet")
+    assert code == 0, err
+    model = quantize(SpikeGPTForCausalLM.from_pretrained(tmp_path / "none"), "int8-dynamic")
+    with torch.no_grad():
+        want = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert out.strip("\n") == tok.decode(want[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    from spikegpt.tools.cli import QUANTIZE_SCHEMES
+
+    assert QUANTIZE_SCHEMES == quantization.SCHEMES  # the CLI offers every scheme

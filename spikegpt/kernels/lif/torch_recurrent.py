@@ -11,7 +11,6 @@ a linear recurrence. Design: ``docs/kernels.md``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..backend import compute_dtype
 from ..surrogate import get_surrogate
@@ -20,24 +19,24 @@ from ..surrogate import get_surrogate
 def _charge_fire_reset(x, v0, mask, tau, threshold, v_reset):
     """Run the recurrence without autograd. Returns the pre-reset potentials H (T, B, C) and v_T (B, C).
 
-    The loop keeps the negated membrane ``n = -v``: a hard reset is then one ``F.threshold`` per step.
+    The loop keeps the negated membrane ``n = -v``: a hard reset is then one ``torch.threshold`` per step. H starts
+    as the (negated) drive and each step charges its row in place, ``-h_t = -x_t / tau + decay * n``.
     """
     dt = compute_dtype(x)
     decay = 1.0 - 1.0 / tau
     base = 0.0 if v_reset is None else v_reset
     T, B, C = x.shape[1], x.shape[0], x.shape[2]
-    drive = torch.mul(x.to(dt).transpose(0, 1), -1.0 / tau, out=x.new_empty(T, B, C, dtype=dt))  # negated
+    H = torch.mul(x.to(dt).transpose(0, 1), -1.0 / tau, out=x.new_empty(T, B, C, dtype=dt))  # -drive, then -h
     if base != 0.0:
-        drive.sub_(base / tau)
-    H = torch.empty_like(drive)  # holds -h until the end
+        H.sub_(base / tau)
     n = -v0.to(dt)
-    for t, (d_t, h_t) in enumerate(zip(drive.unbind(0), H.unbind(0))):
-        h = torch.add(d_t, n, alpha=decay, out=h_t)
+    threshold_ = torch.threshold
+    for t, h in enumerate(H.unbind(0)):
+        h.add_(n, alpha=decay)
         if mask is not None:
-            h = torch.where(mask[t], h, n)
-            h_t.copy_(h)
+            h.copy_(torch.where(mask[t], h, n))
         if v_reset is not None:
-            new = F.threshold(h, -threshold, -v_reset)
+            new = threshold_(h, -threshold, -v_reset)
         else:
             new = h + (h <= -threshold) * threshold
         n = new if mask is None else torch.where(mask[t], new, n)

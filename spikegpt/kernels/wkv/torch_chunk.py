@@ -59,26 +59,33 @@ def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = Fa
     k, v = k.view(B, N, L, C), v.view(B, N, L, C)
     m = None if mask is None else mask.view(B, N, L, 1)
 
-    # (1) in-chunk recurrence from an empty state; keep the state before each position.
-    a = k.new_zeros(B, N, C)
-    b = k.new_zeros(B, N, C)
-    p = k.new_full((B, N, C), NEG_INF)
-    before = []
+    # (1) in-chunk recurrence from an empty state; keep the state before each position. Slot t of slots_a / _b / _p
+    # (L + 1, B, N, C) holds the state before position t, slot L each chunk's own contribution at its end; every
+    # step writes its (contiguous) slot in place (no temporaries but two).
+    slots_a = k.new_empty(L + 1, B, N, C)
+    slots_b = torch.empty_like(slots_a)
+    slots_p = torch.empty_like(slots_a)
+    slots_a[0] = 0.0
+    slots_b[0] = 0.0
+    slots_p[0] = NEG_INF
     ks, vs = k.unbind(2), v.unbind(2)
     ms = None if m is None else m.unbind(2)
+    t1 = k.new_empty(B, N, C)
+    t2 = torch.empty_like(t1)
+    add, sub, mul, maximum, addcmul = torch.add, torch.sub, torch.mul, torch.maximum, torch.addcmul
     for t in range(L):
-        before.append((a, b, p))
         kt, vt = ks[t], vs[t]
-        ww = p + w
-        q = torch.maximum(ww, kt)
-        e1, e2 = torch.exp(ww - q), torch.exp(kt - q)
-        new = (e1 * a + e2 * vt, e1 * b + e2, q)
-        if m is None:
-            a, b, p = new
-        else:
-            a, b, p = (torch.where(ms[t], x, y) for x, y in zip(new, (a, b, p)))
-    la, lb, lp = a, b, p  # each chunk's own contribution at its end
-    at, bt, pt = (torch.stack(x, dim=2) for x in zip(*before))  # (B, N, L, C)
+        a, b, p, a1, b1, p1 = slots_a[t], slots_b[t], slots_p[t], slots_a[t + 1], slots_b[t + 1], slots_p[t + 1]
+        ww = add(p, w, out=t1)
+        q = maximum(ww, kt, out=p1)
+        e1, e2 = sub(ww, q, out=t1).exp_(), sub(kt, q, out=t2).exp_()
+        mul(e1, a, out=a1).addcmul_(e2, vt)  # e1 a + e2 v
+        addcmul(e2, e1, b, out=b1)  # e1 b + e2
+        if m is not None:
+            for new, old in ((a1, a), (b1, b), (p1, p)):
+                torch.where(ms[t], new, old, out=new)
+    la, lb, lp = slots_a[L], slots_b[L], slots_p[L]  # each chunk's own contribution at its end
+    at, bt, pt = (x[:L].permute(1, 2, 0, 3) for x in (slots_a, slots_b, slots_p))  # (B, N, L, C) views
 
     # (2) scan the chunk boundaries: the state entering chunk j, then decayed over its n_j real tokens.
     if m is None:
@@ -100,7 +107,7 @@ def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = Fa
     ai, bi, pi = (torch.stack(x, dim=1)[:, :, None] for x in zip(*ins))  # (B, N, 1, C)
 
     # (3) outputs
-    S = pi + count[..., None] * w
+    S = torch.mul(count[..., None], w).add_(pi)  # pi + count w
     D = u + k
     if keep:  # the whole state before t, then the output from it
         P = torch.maximum(pt, S)
@@ -110,10 +117,14 @@ def _wkv_chunked(w, u, k, v, state: State, mask, L: int, N: int, keep: bool = Fa
         e1, e2 = torch.exp(P - q), torch.exp(D - q)
         y = (e1 * A + e2 * v) / (e1 * Bs + e2)
         kept = tuple(x.reshape(B, N * L, C) for x in (P, A, Bs))
-    else:
-        M = torch.maximum(torch.maximum(pt, S), D)
-        et, eS, eD = torch.exp(pt - M), torch.exp(S - M), torch.exp(D - M)
-        y = (et * at + eS * ai + eD * v) / (et * bt + eS * bi + eD)
+    else:  # (et at + eS ai + eD v) / (et bt + eS bi + eD), in place
+        M = torch.maximum(pt, S)
+        torch.maximum(M, D, out=M)
+        et = torch.sub(pt, M).exp_()
+        eS = S.sub_(M).exp_()
+        eD = D.sub_(M).exp_()
+        y = torch.mul(et, at).addcmul_(eS, ai).addcmul_(eD, v)
+        y.div_(et.mul_(bt).addcmul_(eS, bi).add_(eD))
         kept = None
     if m is not None:
         y = torch.where(m, y, 0.0)

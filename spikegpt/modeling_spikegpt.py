@@ -378,9 +378,10 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
         ``auto_map`` in ``config.json``, so the directory also loads with ``trust_remote_code=True`` where
         spikegpt is not installed (see :mod:`spikegpt.remote_code`).
 
-        A model quantised in memory to int8 / int4 / spike-int8 (``spikegpt.interop.quantization.quantize``; its
-        weights are torchao tensors) is for inference and is refused with a ``ValueError`` before anything is
-        written: save the float model and quantise after loading (bf16 models save as usual)."""
+        A model quantised in memory to int8 / int4 / int8-dynamic / spike-int8
+        (``spikegpt.interop.quantization.quantize``; its weights are torchao tensors) is for inference and is refused
+        with a ``ValueError`` before anything is written: save the float model and quantise after loading (bf16 models
+        save as usual)."""
         scheme = getattr(self, QUANTIZATION_MARK, None)
         if scheme not in (None, "bf16"):
             raise ValueError(

@@ -94,7 +94,7 @@ predictions: ``benchmarks/spike_driven.py`` measures them on held-out text (a 2 
 steps on builtin:python-docs: perplexity 197.67 -> 197.77, +0.05%; argmax agreement with fp32 89.3%; mean
 KL 0.017 nats per token; its fp64 run agrees with fp32 on 99.96% of the argmaxes).
 
-Needs torchao for int8/int4/spike-int8 (``pip install 'spikegpt[deploy]'``), imported only inside the functions here;
+Needs torchao for every scheme but bf16 (``pip install 'spikegpt[deploy]'``), imported only inside the functions here;
 this module is not imported by ``import spikegpt``.
 """
 
@@ -398,7 +398,7 @@ def quantize(
             schemes, an int4
             group size that does not fit, "spike-int8" for a model whose ``config.spike_inputs`` is "none" (or
             that has no config), or a spike-reading layer whose width ``torch._int_mm`` cannot take.
-        ImportError: int8/int4/spike-int8 without torchao (``pip install 'spikegpt[deploy]'``).
+        ImportError: a scheme other than bf16 without torchao (``pip install 'spikegpt[deploy]'``).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantisation scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")

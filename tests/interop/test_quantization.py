@@ -267,7 +267,11 @@ def test_errors(fp32, monkeypatch):
     monkeypatch.setattr(quantization, "_model_device_dtype", lambda m: (torch.device("cuda"), torch.float32))
     with pytest.raises(ValueError, match="'int4' is not supported on device 'cuda'"):
         quantize(copy.deepcopy(fp32), "int4")
+    with pytest.raises(ValueError, match="'int8-dynamic' is not supported on device 'cuda'"):
+        quantize(copy.deepcopy(fp32), "int8-dynamic")
     monkeypatch.undo()
+    with pytest.raises(ValueError, match="int8-dynamic quantises an fp32 or bf16 model"):
+        quantize(copy.deepcopy(fp32).double(), "int8-dynamic")
     # torchao missing
     for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -160,4 +160,6 @@ def spike_linear(linear: nn.Module, code: tuple) -> torch.Tensor:
     spike counts. Returns (..., out)."""
     c, vth, _ = code
     y = linear(c)
-    return y * vth if torch.is_grad_enabled() and y.requires_grad else y.mul_(vth)  # in place: y is the Linear's own
+    if torch.is_grad_enabled() and (y.requires_grad or vth.requires_grad):
+        return y * vth
+    return y.mul_(vth)  # nothing recorded: in place (y is the Linear's own output)

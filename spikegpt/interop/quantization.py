@@ -395,9 +395,9 @@ def quantize(
     Raises:
         ValueError: an unknown scheme, a model already quantised, a scheme this device does not run (int4,
             int8-dynamic and spike-int8 are CPU only; int8 CPU and CUDA), an fp64/fp16/meta model for the torchao
-            schemes, an int4
-            group size that does not fit, "spike-int8" for a model whose ``config.spike_inputs`` is "none" (or
-            that has no config), or a spike-reading layer whose width ``torch._int_mm`` cannot take.
+            schemes, an int4 group size that does not fit, "spike-int8" for a model whose ``config.spike_inputs``
+            is "none" (or that has no config), or a layer whose width ``torch._int_mm`` cannot take (spike-int8,
+            int8-dynamic).
         ImportError: a scheme other than bf16 without torchao (``pip install 'spikegpt[deploy]'``).
     """
     if scheme not in SCHEMES:

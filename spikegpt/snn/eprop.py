@@ -39,6 +39,21 @@ from .neurons import LeakyState, leaky_step
 __all__ = ["EProp", "EPropState", "RSNN"]
 
 
+def loss_and_error(kind: str, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readout loss of one step and its gradient dL/dy (the learning signal of the online rules).
+
+    y: (B, K) readout; target: (B,) class ids for ``kind="ce"`` (mean cross-entropy), or (B, K) values for
+    ``"mse"`` (mean squared error). Returns (loss, dL/dy (B, K))."""
+    B, K = y.shape
+    if kind == "ce":
+        loss = F.cross_entropy(y, target.long())
+        err = (torch.softmax(y, -1) - F.one_hot(target.long(), K).to(y.dtype)) / B
+    else:
+        loss = F.mse_loss(y, target)
+        err = 2 * (y - target) / (B * K)
+    return loss, err
+
+
 class RSNN(nn.Module):
     """Recurrent LIF layer with a leaky readout (equations in the module docstring).
 
@@ -142,16 +157,6 @@ class EProp:
             zbar=torch.zeros(batch_size, N, **kw), cbar=0.0,
         )
 
-    def _loss_and_err(self, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, K = y.shape
-        if self.loss == "ce":
-            loss = F.cross_entropy(y, target.long())
-            err = (torch.softmax(y, -1) - F.one_hot(target.long(), K).to(y.dtype)) / B
-        else:
-            loss = F.mse_loss(y, target)
-            err = 2 * (y - target) / (B * K)
-        return loss, err
-
     @staticmethod
     def _add_grad(p: torch.Tensor, g: torch.Tensor) -> None:
         if p.grad is None:
@@ -185,7 +190,7 @@ class EProp:
         y = kappa * state.y + net.readout(z_new)
         zbar = kappa * state.zbar + z_new
         cbar = kappa * state.cbar + 1.0
-        loss, err = self._loss_and_err(y, target)
+        loss, err = loss_and_error(self.loss, y, target)
         err = err * scale
         fb = net.readout.weight if self.B_fb is None else self.B_fb  # (K, N)
         L = err @ fb  # (B, N) learning signals

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import surrogate as _surrogate
-from .eprop import run_online
+from .eprop import loss_and_error, run_online
 from .neurons import LeakyState, leaky_step
 
 __all__ = ["LIFStack", "OSTL", "OSTLState", "OSTTP"]
@@ -134,17 +134,6 @@ class OSTLState(NamedTuple):
     e_thr: tuple[torch.Tensor, ...]  # (B, N_l) eligibility of thr_l
 
 
-def _loss_and_err(kind: str, y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    B, K = y.shape
-    if kind == "ce":
-        loss = F.cross_entropy(y, target.long())
-        err = (torch.softmax(y, -1) - F.one_hot(target.long(), K).to(y.dtype)) / B
-    else:
-        loss = F.mse_loss(y, target)
-        err = 2 * (y - target) / (B * K)
-    return loss, err
-
-
 def _add_grad(p: torch.Tensor, g: torch.Tensor) -> None:
     if p.grad is None:
         p.grad = g.clone()
@@ -223,7 +212,7 @@ class OSTL:
             new_et.append(e_thr)
             h = z
         y = net.readout(h) if net.readout is not None else h
-        loss, err = _loss_and_err(self.loss, y, target)
+        loss, err = loss_and_error(self.loss, y, target)
         err = err * scale
         n_hidden = net.num_layers if net.readout is not None else net.num_layers - 1
         g = err  # dE/dz of the top LIF layer for output="spikes"

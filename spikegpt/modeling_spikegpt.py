@@ -119,6 +119,17 @@ class _Projections(nn.Module):
             mems[name] = code[2]
         return spike_linear(linear, code)
 
+    def read_group(self, names: tuple[str, ...], xs: list[torch.Tensor], mems: dict | None,
+                   mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """``[read(name, x) for name, x in zip(names, xs)]`` for Linear layers of one input width. Without spike
+        codes, layers of a class with a ``forward_group(linears, xs)`` static method (the int8-dynamic layers of
+        :mod:`spikegpt.interop.quantization`, which then round all their inputs in one pass) take them together."""
+        linears = [getattr(self, n) for n in names]
+        group = getattr(type(linears[0]), "forward_group", None)
+        if self.codes is None and group is not None:
+            return group(linears, xs)
+        return [self.read(n, x, mems, mask) for n, x in zip(names, xs)]
+
     def split_mems(self, enc_mem: torch.Tensor | None) -> dict | None:
         """This module's encoder membranes (B, sum of widths) as a dict of (B, width) by Linear name."""
         if enc_mem is None:
@@ -159,9 +170,8 @@ class TimeMix(_Projections):
         mems = self.split_mems(enc_mem)
         zz, shift = token_shift(z, shift, mask)
         dz = z - zz
-        k = self.read("key", mix(zz, dz, self.time_mix_k), mems, mask)
-        v = self.read("value", mix(zz, dz, self.time_mix_v), mems, mask)
-        r = self.read("receptance", mix(zz, dz, self.time_mix_r), mems, mask)
+        k, v, r = self.read_group(("key", "value", "receptance"), [
+            mix(zz, dz, self.time_mix_k), mix(zz, dz, self.time_mix_v), mix(zz, dz, self.time_mix_r)], mems, mask)
         y, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state, mask=mask, backend=self.backend)
         y = self.read("output", torch.sigmoid(r) * y, mems, mask)
         return y, shift, wkv_state, None if mems is None else torch.cat(list(mems.values()), dim=-1)
@@ -211,9 +221,9 @@ class ChannelMix(_Projections):
         mems = self.split_mems(enc_mem)
         zz, shift = token_shift(z, shift, mask)
         dz = z - zz
-        k = relu_square(self.read("key", mix(zz, dz, self.time_mix_k), mems, mask))
-        r = torch.sigmoid(self.read("receptance", mix(zz, dz, self.time_mix_r), mems, mask))
-        y = r * self.read("value", k, mems, mask)
+        k, r = self.read_group(("key", "receptance"), [mix(zz, dz, self.time_mix_k), mix(zz, dz, self.time_mix_r)],
+                               mems, mask)
+        y = torch.sigmoid(r) * self.read("value", relu_square(k), mems, mask)
         return y, shift, None if mems is None else torch.cat(list(mems.values()), dim=-1)
 
 
@@ -280,7 +290,9 @@ class SpikeGPTBlock(GradientCheckpointingLayer):
         x = x + a
         f, ffn_shift, ffn_enc = self.ffn(self.ln2(x), ffn_shift, mask, ffn_enc)
         f, ffn_mem = self.ffn_lif(f, ffn_mem, mask)
-        x = self.drop(x + f)
+        x = x + f
+        if self.training:  # (Dropout is the identity in eval mode)
+            x = self.drop(x)
         enc_mem = None if enc_mem is None else torch.cat([att_enc, ffn_enc], dim=-1)
         return x, att_shift, ffn_shift, num, den, mx, att_mem, ffn_mem, enc_mem
 
@@ -381,9 +393,9 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
         A model quantised in memory to int8 / int4 / int8-dynamic / spike-int8
         (``spikegpt.interop.quantization.quantize``; its weights are torchao tensors) is for inference and is refused
         with a ``ValueError`` before anything is written: save the float model and quantise after loading (bf16 models
-        save as usual)."""
+        save as usual, and so do fp32 models laid out for CPU decoding)."""
         scheme = getattr(self, QUANTIZATION_MARK, None)
-        if scheme not in (None, "bf16"):
+        if scheme not in (None, "fp32", "bf16"):
             raise ValueError(
                 f"a model quantised with {scheme!r} is for inference and is not saved (its weights are torchao tensors "
                 "that safetensors does not write): save the fp32 model and quantise it after loading, "
@@ -733,8 +745,8 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         x = self.emb_spike(x, mask)  # binary embedding
         all_hidden = (x,) if output_hidden_states else None
         new_layers = []
-        for l, block in enumerate(self.blocks):
-            x, *new = block(x, *state.layer(l), mask)
+        for block, layer_state in zip(self.blocks, state.layers()):
+            x, *new = block(x, *layer_state, mask)
             new_layers.append(new)
             if output_hidden_states:
                 all_hidden += (x,)

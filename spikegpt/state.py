@@ -278,15 +278,19 @@ class SpikeGPTState:
     def hidden_size(self) -> int:
         return self.att_shift.shape[2]
 
-    def layer(self, l: int) -> tuple[torch.Tensor | None, ...]:
-        """The seven (B, C) tensors of layer ``l`` in field order, then its (B, 6C + F) ``enc_mem`` (or None)."""
-        return (self.att_shift[l], self.ffn_shift[l], self.wkv_num[l], self.wkv_den[l], self.wkv_max[l],
-                self.att_mem[l], self.ffn_mem[l], None if self.enc_mem is None else self.enc_mem[l])
+    def layers(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """Per layer, its seven (B, C) tensors in field order, then its (B, 6C + F) ``enc_mem`` (or None): views,
+        one ``unbind`` per field."""
+        L = self.num_layers
+        per_field = [(None,) * L if t is None else t.unbind(0) for t in (
+            self.att_shift, self.ffn_shift, self.wkv_num, self.wkv_den, self.wkv_max, self.att_mem, self.ffn_mem,
+            self.enc_mem)]
+        return list(zip(*per_field))
 
     @classmethod
     def stack(cls, layers: Sequence[Sequence[torch.Tensor | None]], head_mem: torch.Tensor | None = None,
               ) -> SpikeGPTState:
-        """Build a state from per-layer tuples as :meth:`layer` gives them (inverse of ``layer``), and ``head_mem``."""
+        """Build a state from per-layer tuples as :meth:`layers` gives them (its inverse), and ``head_mem``."""
         stacked = [None if ts[0] is None else torch.stack(ts) for ts in zip(*layers)]
         return cls(*stacked, head_mem=head_mem)
 

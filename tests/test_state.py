@@ -41,7 +41,8 @@ def test_row_operations():
     assert all(torch.equal(a, b[:, 1:]) for a, b in zip(joined.tensors(), st.tensors()))
     rep = st.repeat_interleave(2)
     assert rep.batch_size == 6 and torch.equal(rep.att_mem[:, 4], st.att_mem[:, 2])
-    layers = [st.layer(l) for l in range(3)]
+    layers = st.layers()
+    assert len(layers) == 3 and all(torch.equal(layers[1][i], t[1]) for i, t in enumerate(st.tensors()[:7]))
     assert all(torch.equal(a, b) for a, b in zip(SpikeGPTState.stack(layers).tensors(), st.tensors()))
     with pytest.raises(ValueError, match="at least one"):
         SpikeGPTState.cat([])

@@ -34,7 +34,8 @@ PASSTHROUGH = {"train": "spikegpt.train.pretrain", "eval": "spikegpt.train.evalu
                "prepare": "spikegpt.train.prepare"}
 TRAIN_EXTRAS = ("datasets", "zstandard")  # imported by the training code only when it reads data
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZE_SCHEMES = ("bf16", "int8", "int4", "int8-dynamic", "spike-int8")  # quantization.SCHEMES (a test checks)
+# quantization.SCHEMES (a test checks)
+QUANTIZE_SCHEMES = ("fp32", "bf16", "int8", "int4", "int8-dynamic", "spike-int8")
 
 
 class CLIError(Exception):
@@ -246,7 +247,8 @@ def _load_state_in(a: argparse.Namespace, info, model):
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(f"--state-in: {e}") from None
     made_with = info.extra.get("quantize", "none")
-    weights = {"none": "none", "bf16": "none"}  # bf16 is the bf16 model, which the dtype check has matched
+    # bf16 is the bf16 model, which the dtype check has matched; fp32 is the fp32 weights in another memory layout
+    weights = {"none": "none", "bf16": "none", "fp32": "none"}
     if weights.get(made_with, made_with) != weights.get(a.quantize or "none", a.quantize):
         logger.warning("--state-in %s was made with --quantize %s, this run uses %s: the continuation is close to, "
                        "not the same as, one run of the whole text", a.state_in, made_with, a.quantize or "none")
@@ -568,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the state after the prompt and the generated text (safetensors, with the token count)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --state-out file")
     p.add_argument("--quantize", choices=QUANTIZE_SCHEMES, default=None,
-                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]'); int8 and int4 are "
-                        "weight-only, int8-dynamic also rounds each Linear input to int8 per token (CPU); spike-int8 "
+                   help="quantize the model first (torchao; pip install 'spikegpt[deploy]'); fp32 rounds nothing and "
+                        "stores the weights transposed, faster for CPU decoding; int8 and int4 are weight-only,"
+                        " int8-dynamic also rounds each Linear input to int8 per token (CPU); spike-int8 "
                         "takes a spike-driven model (spike_inputs other than none): exact int8 products of its counts")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no speed line on stderr (the bar shows only on a terminal, and not "

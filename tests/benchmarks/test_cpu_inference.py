@@ -23,7 +23,7 @@ def test_cpu_inference_benchmark_smoke(extra):
     report = json.loads(r.stdout.strip().splitlines()[-1])
     rows = report["speed"]["tokens_per_s"]
     assert set(rows) == {"1", "8"}
-    want = {f"spikegpt {s}" for s in ("fp32", "bf16", "int8", "int4", "int8-dynamic")}
+    want = {f"spikegpt {s}" for s in ("fp32", "fp32-plain", "bf16", "int8", "int4", "int8-dynamic")}
     if not extra:
         want |= {"rwkv cpu fp32", "rwkv cpu bf16"}
         assert report["speed"]["agree"]["cpu fp32"] < 1e-4

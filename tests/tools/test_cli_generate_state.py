@@ -171,3 +171,19 @@ def test_the_bar_shows_only_where_it_cannot_garble_the_text(monkeypatch, stderr_
     monkeypatch.setattr(sys, "stderr", _Stream(stderr_tty))
     monkeypatch.setattr(sys, "stdout", _Stream(stdout_tty))
     assert cli._show_progress(types.SimpleNamespace(quiet=quiet, no_stream=no_stream)) is shown
+
+
+def test_quantize_fp32_is_the_same_model_for_saved_states(capsys, caplog, tmp_path, model_dir):
+    """--quantize fp32 (the real quantizer: the weights stored transposed, nothing rounded) generates what the plain
+    model does, and a state saved without it continues under it without the "made with" warning."""
+    code, plain, err = run(capsys, "generate", model_dir, "the cat", "--greedy", "--max-new-tokens", 4,
+                           "--state-out", tmp_path / "s.safetensors")
+    assert code == 0, err
+    code, laid, err = run(capsys, "generate", model_dir, "the cat", "--greedy", "--max-new-tokens", 4,
+                          "--quantize", "fp32")
+    assert code == 0, err
+    assert laid == plain
+    code, _, err = run(capsys, "generate", model_dir, " and", "--max-new-tokens", 2, "--quantize", "fp32",
+                       "--state-in", tmp_path / "s.safetensors")
+    assert code == 0, err
+    assert "was made with" not in caplog.text

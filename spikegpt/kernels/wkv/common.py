@@ -28,12 +28,15 @@ def check_inputs(time_decay, time_first, k, v, state) -> None:
         raise ValueError(f"wkv: k and v must be floating point, got {k.dtype} and {v.dtype}")
     if T == 0:
         raise ValueError("wkv: the sequence is empty (T = 0)")
-    if state is not None:
-        if len(state) != 3 or any(s.shape != (B, C) for s in state):
-            shapes = [tuple(s.shape) for s in state]
-            raise ValueError(f"wkv: state must be (num, den, max), each (B, C) = ({B}, {C}); got {shapes}")
-        if any(not s.is_floating_point() for s in state):
-            raise ValueError(f"wkv: state must be floating point, got {[s.dtype for s in state]}")
+    if state is not None:  # (a loop, not any(...): this runs at every decode step)
+        if len(state) != 3:
+            raise ValueError(f"wkv: state must be (num, den, max), each (B, C) = ({B}, {C}); got {len(state)} tensors")
+        for s in state:
+            if s.shape != (B, C):
+                shapes = [tuple(s.shape) for s in state]
+                raise ValueError(f"wkv: state must be (num, den, max), each (B, C) = ({B}, {C}); got {shapes}")
+            if not s.is_floating_point():
+                raise ValueError(f"wkv: state must be floating point, got {[s.dtype for s in state]}")
 
 
 def route_max_gradient(Gp, last, mask, gk):

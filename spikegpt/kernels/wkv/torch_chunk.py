@@ -20,21 +20,26 @@ from .common import NEG_INF, State, empty_state, route_max_gradient
 CHUNK_SIZE = 32  # tokens per chunk when the call gives none
 
 
-def _wkv_step(w, u, k, v, state: State, mask):
-    """One token. k, v: (B, C) in the compute dtype; mask: (B,) bool or None."""
+def _wkv_step(decay, u, k, v, state: State, mask):
+    """One token. decay: (C,) ``exp(time_decay) = -w``; k, v: (B, C) in the compute dtype; mask: (B,) bool or None."""
     a, b, p = state
     ww = u + k
     q = torch.maximum(p, ww)
-    e1, e2 = torch.exp(p - q), torch.exp(ww - q)
-    y = torch.addcmul(e1 * a, e2, v).div_(torch.addcmul(e2, e1, b))  # (e1 a + e2 v) / (e1 b + e2)
-    ww = p + w
+    e1, e2 = torch.sub(p, q).exp_(), ww.sub_(q).exp_()  # (in place on fresh temporaries: fewer allocations)
+    y = torch.mul(e1, a).addcmul_(e2, v).div_(torch.addcmul(e2, e1, b))  # (e1 a + e2 v) / (e1 b + e2)
+    ww = p - decay  # p + w
     q = torch.maximum(ww, k)
-    e1, e2 = torch.exp(ww - q), torch.exp(k - q)
-    new = (torch.addcmul(e1 * a, e2, v), torch.addcmul(e2, e1, b), q)
+    e1, e2 = ww.sub_(q).exp_(), torch.sub(k, q).exp_()
+    new = (torch.mul(e1, a).addcmul_(e2, v), torch.addcmul(e2, e1, b), q)
     if mask is None:
         return y, new
     m = mask[:, None]
     return torch.where(m, y, 0.0), tuple(torch.where(m, n, o) for n, o in zip(new, state))
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``, without the call when it is one already (a decode step is bound by its number of calls)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _plan(T: int, chunk: int) -> tuple[int, int]:
@@ -266,12 +271,13 @@ def wkv_torch(
     if chunk < 1:  # checked before the one-token path, so that the error does not depend on T
         raise ValueError(f"wkv: chunk_size must be >= 1, got {chunk}")
     dt, out_dtype = compute_dtype(k), v.dtype
-    w = -torch.exp(time_decay.to(dt))
-    u = time_first.to(dt)
-    st = empty_state(B, C, k.device, dt) if state is None else tuple(s.to(dt) for s in state)
+    decay = torch.exp(_as(time_decay, dt))  # -w
+    u = _as(time_first, dt)
+    st = empty_state(B, C, k.device, dt) if state is None else tuple(_as(s, dt) for s in state)
     if T == 1 and not torch.is_grad_enabled():
-        y, st = _wkv_step(w, u, k[:, 0].to(dt), v[:, 0].to(dt), st, None if mask is None else mask[:, 0])
-        return y[:, None].to(out_dtype), st
+        y, st = _wkv_step(decay, u, _as(k[:, 0], dt), _as(v[:, 0], dt), st, None if mask is None else mask[:, 0])
+        return _as(y[:, None], out_dtype), st
+    w = -decay
     k, v = k.to(dt), v.to(dt)
     inverse = None
     if mask is not None:

@@ -13,6 +13,12 @@ decode steps (one token per stream, greedy) are timed one by one, in interleaved
 load drifts affects every row alike; tokens/s = streams / median step time. The rwkv package runs one sequence
 per call (its state is per sequence), so its batch 8 is 8 streams stepped one after another.
 
+Rows: ``fp32`` is ``quantize(model, "fp32")`` (the weights stored transposed for CPU decoding), the baseline of the
+SpikeGPT ratios; ``fp32-plain`` the model as loaded. ``--compiled`` schemes (default fp32 and int8-dynamic) are
+also timed with compiled steps, the ``torch.compile`` of the model's call that ``generate(compile_config=...)``
+uses (compiled in the warm-up round, once per batch size; ~20 s for fp32 and ~70 s for int8-dynamic at the 216M
+shape), since the rwkv package's rows run TorchScript (``RWKV_JIT_ON=1``): compiled against compiled.
+
 Quality (``--trained DIR ...``): perplexity of each run's held-out documents (the same split, windows and state
 carrying as ``spikegpt eval --split val``) with the model in fp32 and quantised by each scheme.
 
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import CompileConfig
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.interop.original import to_original
@@ -52,19 +59,23 @@ def make(model, scheme):
     base, kw = EXTRA.get(scheme, (scheme, {}))
     return quantize(copy.deepcopy(model), base, **kw)
 AGREE_RTOL = 1e-4
+# what `generate(..., compile_config=...)` is given for compiled decoding here (CPU: no CUDA graphs)
+COMPILE = CompileConfig(fullgraph=True, mode="default")
 
 
-def spikegpt_runner(model, prompt):
+def spikegpt_runner(model, prompt, compiled=False):
     """(prefill, step) for a SpikeGPT model and a (B, P) prompt: prefill() starts the streams, step() decodes one
-    token per stream."""
+    token per stream; with ``compiled``, through the ``torch.compile`` of the model's call that
+    ``generate(compile_config=COMPILE)`` uses for its steps (compiled at the first step, in the warm-up round)."""
     box = {}
+    call = model.get_compiled_call(COMPILE) if compiled else model
 
     def prefill():
         out = model(prompt, use_cache=True, logits_to_keep=1)
         box["state"], box["next"] = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
 
     def step():
-        out = model(box["next"], state=box["state"], use_cache=True)
+        out = call(input_ids=box["next"], state=box["state"], use_cache=True, return_dict=True)
         box["state"], box["next"] = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
 
     return prefill, step
@@ -124,7 +135,7 @@ def speed(args) -> dict:
             if p.dim() == 2:
                 p.normal_(0, p.shape[1] ** -0.5)
         fp32.model.emb.weight.normal_(0, 1)
-    models = {s: make(fp32, s) for s in args.schemes}
+    models = {s: make(fp32, s) for s in dict.fromkeys([*args.schemes, *args.compiled])}
     rwkv = {}
     if args.rwkv and not args.spiking:  # the rwkv package runs RWKV-4: the non-spiking model only
         with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +156,16 @@ def speed(args) -> dict:
                 rows.append(out.float())
             diff = (torch.stack(rows) - ref).abs().max().item() / ref.abs().max().item()
             agree[st] = diff
+    # compiled steps against eager ones, from the same state (relative L2 difference of the logits; this also compiles
+    # the batch-1 graph before the timing)
+    compiled_agree = {}
+    for s in args.compiled:
+        m = models[s]
+        with torch.no_grad():
+            st = m(ids, use_cache=True).state
+            eager = m(ids[:, -1:], state=st, use_cache=True).logits
+            comp = m.get_compiled_call(COMPILE)(input_ids=ids[:, -1:], state=st, use_cache=True, return_dict=True)
+        compiled_agree[s] = ((comp.logits - eager).norm() / eager.norm()).item()
     if "cpu fp32" in agree and agree["cpu fp32"] > AGREE_RTOL:
         raise SystemExit(f"the rwkv package's fp32 logits differ from SpikeGPT's by {agree['cpu fp32']:.2e} "
                          f"(relative to the largest logit; allowed {AGREE_RTOL})")
@@ -153,10 +174,12 @@ def speed(args) -> dict:
     for B in args.batch:
         prompt = torch.randint(0, args.vocab, (B, args.prompt), generator=torch.Generator().manual_seed(2))
         runners = {f"spikegpt {s}": spikegpt_runner(m, prompt) for s, m in models.items()}
+        runners.update({f"spikegpt {s} compiled": spikegpt_runner(models[s], prompt, compiled=True)
+                        for s in args.compiled})
         runners.update({f"rwkv {st}": rwkv_runner(m, prompt) for st, m in rwkv.items()})
         med = time_steps(runners, args.steps, args.rounds)
         results[B] = {name: B / t for name, t in med.items()}
-    return {"setup_s": setup_s, "agree": agree, "tokens_per_s": results}
+    return {"setup_s": setup_s, "agree": agree, "compiled_agree": compiled_agree, "tokens_per_s": results}
 
 
 def quality(args) -> dict:
@@ -201,6 +224,8 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES + tuple(EXTRA),
                     help="SpikeGPT rows of the speed table")
+    ap.add_argument("--compiled", nargs="*", default=["fp32", "int8-dynamic"], choices=SCHEMES,
+                    help="schemes also timed with compiled decode steps (generate's compile_config; none: skip)")
     ap.add_argument("--quality_schemes", nargs="+", default=["bf16", "int8", "int8-fp32", "int4", "int8-dynamic"],
                     choices=SCHEMES + tuple(EXTRA), help="columns of the perplexity table")
     ap.add_argument("--rwkv", nargs="*", default=["cpu fp32", "cpu bf16"],
@@ -224,6 +249,8 @@ def main():
               f"{torch.get_num_threads()} threads; setup {sp['setup_s']:.0f} s")
         for st, d in sp["agree"].items():
             print(f"fp32 logits vs rwkv package {st!r}: max |diff| / max |logit| = {d:.1e}")
+        for s, d in sp["compiled_agree"].items():
+            print(f"{s} compiled step vs eager step: |diff| / |logits| = {d:.1e}")
         names = list(next(iter(sp["tokens_per_s"].values())))  # rows
         print(f"{'tokens/s':24s}" + "".join(f"{'batch ' + str(b):>12s}" for b in sp["tokens_per_s"]))
         for n in names:
@@ -233,11 +260,15 @@ def main():
             r = {}
             if "rwkv cpu fp32" in row:
                 r["fp32 vs rwkv fp32"] = row["spikegpt fp32"] / row["rwkv cpu fp32"]
+                if "spikegpt fp32 compiled" in row:
+                    r["fp32 compiled vs rwkv fp32"] = row["spikegpt fp32 compiled"] / row["rwkv cpu fp32"]
             if "rwkv cpu bf16" in row and "spikegpt bf16" in row:
                 r["bf16 vs rwkv bf16"] = row["spikegpt bf16"] / row["rwkv cpu bf16"]
             for s in ("fp32-plain", "bf16", "int8", "int4", "int8-dynamic"):
                 if f"spikegpt {s}" in row:
                     r[f"{s} vs spikegpt fp32"] = row[f"spikegpt {s}"] / row["spikegpt fp32"]
+                if f"spikegpt {s} compiled" in row and "spikegpt fp32 compiled" in row:
+                    r[f"{s} compiled vs fp32 compiled"] = row[f"spikegpt {s} compiled"] / row["spikegpt fp32 compiled"]
             ratios[b] = r
             print(f"batch {b}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
         print("goals: >= 1x against the rwkv package in fp32 and bf16; int8 >= 2x spikegpt fp32")

@@ -1038,5 +1038,12 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             model_kwargs = {**model_kwargs, "prefill_chunk_size": chunk}
         return super()._prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
 
+    def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
+        """Compiled decoding, ``generate(..., compile_config=CompileConfig(...))``: transformers then runs the steps
+        after the prefill through ``torch.compile`` of this model's call (the prefill, whose length varies, stays
+        eager). It does so only for a cache of fixed shapes, on a GPU; this model's state has fixed shapes on every
+        device, so here it is done wherever it is asked for, and only then (``disable_compile=True`` turns it off)."""
+        return generation_config.compile_config is not None and not generation_config.disable_compile
+
     def _reorder_cache(self, state, beam_idx):
         return None if state is None else state.index_select(beam_idx)

@@ -236,7 +236,10 @@ class QuantizedLinear(nn.Linear):
         (:func:`_round_rows`, row by row, so the same function) runs once for all of them: a decode step is bound
         by its number of calls, and this saves a dozen per layer. Anything else is called layer by layer."""
         x0 = xs[0]
-        together = x0.device.type == "cpu" and x0.shape[-1] == linears[0].in_features and all(
+        # Under torch.compile the layer-by-layer rounding fuses anyway, and Inductor would hand torch._int_mm row
+        # views of the shared rounded buffer with a 0 row stride, on which the CPU kernel gives wrong values.
+        together = not torch.compiler.is_compiling() and x0.device.type == "cpu" and \
+            x0.shape[-1] == linears[0].in_features and all(
             isinstance(m, QuantizedLinear) and m.dynamic_int8 and m.in_features == linears[0].in_features
             and not (m._forward_hooks or m._forward_pre_hooks) for m in linears
         ) and all(x.shape == x0.shape and x.dtype == x0.dtype for x in xs) and not _global_module_hooks()
@@ -257,7 +260,8 @@ class QuantizedLinear(nn.Linear):
         """``scale * (W_q (u - spike_offset))`` (M, N) fp32 for uint8 u (M, K) of row-major strides: exact int32 sums
         on ``torch._int_mm`` for one row and on oneDNN's quantised linear for more (see the module docstring)."""
         off = self.spike_offset
-        packed = self._onednn_weight() if u.shape[0] > 1 else None
+        # (not under torch.compile: Inductor takes oneDNN's packed weight only as a frozen constant)
+        packed = self._onednn_weight() if u.shape[0] > 1 and not torch.compiler.is_compiling() else None
         if packed is not None:  # the offset and the scales inside oneDNN's kernel: fp32 out in one pass
             y = torch.ops.onednn.qlinear_pointwise(u, 1.0, off, packed, scale, self._zero_points(), None, 1.0, 0,
                                                    torch.float32, "none", [], "")

@@ -394,6 +394,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
     )
     if sample:
         kwargs.update(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    if a.compile:
+        from transformers import CompileConfig
+
+        logger.info("--compile: the decode steps run torch.compile'd (compiled at the first step)")
+        kwargs["compile_config"] = CompileConfig(fullgraph=True, mode="default")
     text_streamer = None if a.no_stream else TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     progress = _Progress(text_streamer, a.max_new_tokens, _show_progress(a))
     recorder = _StateRecorder(model)
@@ -574,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "stores the weights transposed, faster for CPU decoding; int8 and int4 are weight-only,"
                         " int8-dynamic also rounds each Linear input to int8 per token (CPU); spike-int8 "
                         "takes a spike-driven model (spike_inputs other than none): exact int8 products of its counts")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode steps with torch.compile (generate's compile_config): faster steps after "
+                        "a compilation of seconds to a minute at the first one, which the speed line counts")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar and no speed line on stderr (the bar shows only on a terminal, and not "
                         "while text streams to that terminal)")

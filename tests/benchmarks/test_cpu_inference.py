@@ -11,10 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("extra", [[], ["--spiking"]], ids=["rwkv4", "spiking"])
+@pytest.mark.parametrize("extra", [["--compiled", "fp32"], ["--spiking", "--compiled"]], ids=["rwkv4", "spiking"])
 def test_cpu_inference_benchmark_smoke(extra):
     pytest.importorskip("torchao")
-    if not extra:
+    spiking = "--spiking" in extra
+    if not spiking:
         pytest.importorskip("rwkv.model")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_inference.py"), "--layers", "2", "--width", "128",
            "--vocab", "96", "--prompt", "4", "--steps", "2", "--rounds", "1", "--threads", "1", *extra]
@@ -24,7 +25,8 @@ def test_cpu_inference_benchmark_smoke(extra):
     rows = report["speed"]["tokens_per_s"]
     assert set(rows) == {"1", "8"}
     want = {f"spikegpt {s}" for s in ("fp32", "fp32-plain", "bf16", "int8", "int4", "int8-dynamic")}
-    if not extra:
-        want |= {"rwkv cpu fp32", "rwkv cpu bf16"}
+    if not spiking:  # with the compiled fp32 row, whose step must give the eager step's logits
+        want |= {"rwkv cpu fp32", "rwkv cpu bf16", "spikegpt fp32 compiled"}
         assert report["speed"]["agree"]["cpu fp32"] < 1e-4
+        assert report["speed"]["compiled_agree"]["fp32"] < 1e-5
     assert set(rows["1"]) == want and all(v > 0 for v in rows["8"].values())

@@ -20,7 +20,9 @@ uses (compiled in the warm-up round, once per batch size; ~20 s for fp32 and ~70
 shape), since the rwkv package's rows run TorchScript (``RWKV_JIT_ON=1``): compiled against compiled.
 
 Quality (``--trained DIR ...``): perplexity of each run's held-out documents (the same split, windows and state
-carrying as ``spikegpt eval --split val``) with the model in fp32 and quantised by each scheme.
+carrying as ``spikegpt eval --split val``) with the model in fp32 and quantised by each scheme; and, for the
+``--compiled`` schemes, the perplexity of the first ``--step_tokens`` held-out tokens read one decode step at a
+time, eager and compiled (what compiling the step costs).
 
 The last line printed is one JSON object with every number.
 """
@@ -31,6 +33,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -182,6 +185,34 @@ def speed(args) -> dict:
     return {"setup_s": setup_s, "agree": agree, "compiled_agree": compiled_agree, "tokens_per_s": results}
 
 
+def step_perplexity(model, call, ids: torch.Tensor) -> float:
+    """Perplexity of ids (1, N + 1) read one token per step (the decode path: every step a call of ``call`` on the
+    carried state), predicting tokens 1..N."""
+    nats = 0.0
+    with torch.no_grad():
+        out = model(ids[:, :1], use_cache=True)
+        for t in range(1, ids.shape[1]):
+            nats -= torch.log_softmax(out.logits[0, -1].float(), -1)[ids[0, t]].item()
+            if t + 1 < ids.shape[1]:
+                out = call(input_ids=ids[:, t:t + 1], state=out.state, use_cache=True, return_dict=True)
+    return math.exp(nats / (ids.shape[1] - 1))
+
+
+def step_quality(args, run, base, docs, eos) -> dict:
+    """What compiling the decode step costs in quality: perplexity of the first ``--step_tokens`` held-out tokens
+    (documents joined by end-of-text) read step by step, eager and compiled, for fp32 and each ``--compiled``
+    scheme."""
+    flat = [t for _, d in docs for t in (*d, eos)][: args.step_tokens + 1]
+    ids = torch.tensor(flat)[None]
+    row = {}
+    for s in dict.fromkeys(["fp32", *args.compiled]):
+        model = base if s == "fp32" else make(base, s)
+        row[s] = step_perplexity(model, model, ids)
+        if s in args.compiled:
+            row[f"{s} compiled"] = step_perplexity(model, model.get_compiled_call(COMPILE), ids)
+    return {"tokens": ids.shape[1] - 1, **row}
+
+
 def quality(args) -> dict:
     """Held-out perplexity of each trained run in fp32 and each scheme (spikegpt eval --split val's recipe)."""
     import yaml
@@ -210,6 +241,8 @@ def quality(args) -> dict:
             r = EvalResult(nats=nats, tokens=count, characters=streams.characters, documents=streams.documents)
             row[s] = {**r.as_dict(), "seconds": time.perf_counter() - t0}
         out[run] = {"spiking": base.config.spiking, **row}
+        if args.compiled and args.step_tokens:
+            out[run]["step"] = step_quality(args, run, base, docs, int(tok.eos_token_id))
     return out
 
 
@@ -226,6 +259,8 @@ def main():
                     help="SpikeGPT rows of the speed table")
     ap.add_argument("--compiled", nargs="*", default=["fp32", "int8-dynamic"], choices=SCHEMES,
                     help="schemes also timed with compiled decode steps (generate's compile_config; none: skip)")
+    ap.add_argument("--step_tokens", type=int, default=3000,
+                    help="held-out tokens read step by step for the compiled-decoding quality rows (0: skip)")
     ap.add_argument("--quality_schemes", nargs="+", default=["bf16", "int8", "int8-fp32", "int4", "int8-dynamic"],
                     choices=SCHEMES + tuple(EXTRA), help="columns of the perplexity table")
     ap.add_argument("--rwkv", nargs="*", default=["cpu fp32", "cpu bf16"],
@@ -280,9 +315,14 @@ def main():
         for run, row in q.items():
             base = row["fp32"]["ppl"]
             cells = [f"{s} {row[s]['ppl']:.3f}" + ("" if s == "fp32" else f" ({row[s]['ppl'] / base - 1:+.2%})")
-                     for s in row if s != "spiking"]
+                     for s in row if s not in ("spiking", "step")]
             print(f"{run} ({'spiking' if row['spiking'] else 'non-spiking'}, {row['fp32']['tokens']} tokens): "
                   + ", ".join(cells))
+            if "step" in row:
+                st = row["step"]
+                cells = [f"{s} {st[s]:.3f}" + ("" if s == "fp32" else f" ({st[s] / st['fp32'] - 1:+.2%})")
+                         for s in st if s != "tokens"]
+                print(f"  read step by step, eager and compiled ({st['tokens']} tokens): " + ", ".join(cells))
     print(json.dumps(report))
 
 

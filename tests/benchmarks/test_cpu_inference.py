@@ -30,3 +30,25 @@ def test_cpu_inference_benchmark_smoke(extra):
         assert report["speed"]["agree"]["cpu fp32"] < 1e-4
         assert report["speed"]["compiled_agree"]["fp32"] < 1e-5
     assert set(rows["1"]) == want and all(v > 0 for v in rows["8"].values())
+
+
+def test_step_perplexity_is_the_parallel_forwards():
+    """The compiled-decoding quality rows read text one step at a time: that perplexity must be the parallel forward's
+    (the recurrent mode equals it), here with the eager call."""
+    import importlib.util
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    spec = importlib.util.spec_from_file_location("cpu_inference_bench", ROOT / "benchmarks" / "cpu_inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from interop_helpers import tiny_model
+
+    model = tiny_model(vocab_size=64, spiking=True)
+    ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1]
+    want = math.exp(F.cross_entropy(logits, ids[0, 1:]).item())
+    assert math.isclose(bench.step_perplexity(model, model, ids), want, rel_tol=1e-5)

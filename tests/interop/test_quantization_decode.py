@@ -15,18 +15,16 @@ import copy
 
 import pytest
 import torch
+from interop_helpers import tiny_model
 from torch import nn
 
-from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt import SpikeGPTForCausalLM
 from spikegpt.interop.quantization import QuantizedLinear, quantization_scheme, quantize
 from spikegpt.modeling_spikegpt import ChannelMix, TimeMix
 
 
-def tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, context_length=64, spiking=False)
-    cfg.update(kw)
-    return SpikeGPTForCausalLM(SpikeGPTConfig(**cfg)).eval()
+def tiny(**kw):
+    return tiny_model(**{"vocab_size": 128, "hidden_size": 64, "spiking": False, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -187,3 +187,23 @@ def test_quantize_fp32_is_the_same_model_for_saved_states(capsys, caplog, tmp_pa
                        "--state-in", tmp_path / "s.safetensors")
     assert code == 0, err
     assert "was made with" not in caplog.text
+
+
+def test_compile_generates_what_the_eager_steps_do(capsys, model_dir, monkeypatch):
+    """--compile hands generate() a compile_config (its decode steps then run torch.compile'd) and gives the eager
+    text; the speed line is still printed."""
+    seen = []
+    original = SpikeGPTForCausalLM.get_compiled_call
+
+    def recording(self, compile_config):
+        seen.append(compile_config)
+        return original(self, compile_config)
+
+    monkeypatch.setattr(SpikeGPTForCausalLM, "get_compiled_call", recording)
+    code, eager, _ = run(capsys, "generate", model_dir, "the cat", "--greedy", "--max-new-tokens", 5)
+    assert code == 0 and seen == []
+    code, compiled, err = run(capsys, "generate", model_dir, "the cat", "--greedy", "--max-new-tokens", 5, "--compile")
+    assert code == 0, err
+    assert len(seen) == 1 and seen[0].fullgraph
+    assert compiled == eager
+    assert SPEED.match(err.strip().splitlines()[-1]), err

@@ -198,7 +198,7 @@ def step_perplexity(model, call, ids: torch.Tensor) -> float:
     return math.exp(nats / (ids.shape[1] - 1))
 
 
-def step_quality(args, run, base, docs, eos) -> dict:
+def step_quality(args, base, docs, eos) -> dict:
     """What compiling the decode step costs in quality: perplexity of the first ``--step_tokens`` held-out tokens
     (documents joined by end-of-text) read step by step, eager and compiled, for fp32 and each ``--compiled``
     scheme."""
@@ -242,7 +242,7 @@ def quality(args) -> dict:
             row[s] = {**r.as_dict(), "seconds": time.perf_counter() - t0}
         out[run] = {"spiking": base.config.spiking, **row}
         if args.compiled and args.step_tokens:
-            out[run]["step"] = step_quality(args, run, base, docs, int(tok.eos_token_id))
+            out[run]["step"] = step_quality(args, base, docs, int(tok.eos_token_id))
     return out
 
 
